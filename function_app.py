@@ -1,0 +1,32 @@
+"""Azure Functions bindings (Python v2 model). Triggers only: the work lives in the ``o365collector`` package.
+
+- ``list_content``  (timer, schedule from the ``O365_LIST_SCHEDULE`` app setting): list new content
+  for every tenant and content type, enqueue one message per blob, advance the checkpoints.
+- ``fetch_content`` (queue ``%O365_CONTENT_QUEUE%`` on the ``AzureWebJobsStorage`` connection):
+  fetch one blob and ship its records; raising makes the host redeliver, and after
+  ``maxDequeueCount`` (host.json) the message goes to the ``-poison`` queue.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from o365collector import runtime
+
+app = func.FunctionApp()
+
+
+@app.function_name(name="list_content")
+@app.timer_trigger(arg_name="timer", schedule="%O365_LIST_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def list_content(timer: func.TimerRequest) -> None:
+    runtime.run_lister(past_due=timer.past_due)
+
+
+@app.function_name(name="fetch_content")
+@app.queue_trigger(arg_name="msg", queue_name="%O365_CONTENT_QUEUE%", connection="AzureWebJobsStorage")
+def fetch_content(msg: func.QueueMessage) -> None:
+    runtime.process_message(
+        body=msg.get_body(),
+        message_id=msg.id or "",
+        dequeue_count=msg.dequeue_count or 1,
+    )

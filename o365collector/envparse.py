@@ -1,0 +1,159 @@
+"""Small readers for app settings: each returns a typed value or raises ``ConfigError`` naming the setting.
+
+Used by ``config`` and by every sink for its own ``SINK_*`` settings, so all settings fail the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+
+Environ = Mapping[str, str]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Secret:
+    """A setting value that must never be printed: ``repr``/``str`` show only that it is set."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def get_str(env: Environ, name: str, default: str | None = None) -> str | None:
+    """The setting stripped of whitespace; empty counts as unset."""
+    value = env.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip()
+
+
+def require_str(env: Environ, name: str, hint: str = "") -> str:
+    value = get_str(env, name)
+    if value is None:
+        raise ConfigError(name, "is required but not set" + (f" ({hint})" if hint else ""))
+    return value
+
+
+def get_secret(env: Environ, name: str) -> Secret | None:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return None
+    return Secret(value.strip())
+
+
+def get_int(env: Environ, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    text = get_str(env, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(name, f"{text!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(name, f"{value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"{value} is above the maximum {maximum}")
+    return value
+
+
+def get_float(env: Environ, name: str, default: float, *, minimum: float = 0.0) -> float:
+    text = get_str(env, name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(name, f"{text!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(name, f"{value} is below the minimum {minimum}")
+    return value
+
+
+def get_bool(env: Environ, name: str, default: bool) -> bool:
+    text = get_str(env, name)
+    if text is None:
+        return default
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ConfigError(name, f"{text!r} is not a boolean (use true or false)")
+
+
+def get_choice(env: Environ, name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A value from ``choices``, matched case-insensitively and returned in its canonical spelling."""
+    text = get_str(env, name)
+    if text is None:
+        return default
+    for choice in choices:
+        if choice.lower() == text.lower():
+            return choice
+    raise ConfigError(name, f"unknown value {text!r} (expected one of {', '.join(choices)})")
+
+
+def get_list(env: Environ, name: str) -> list[str] | None:
+    """A comma-separated list with blanks removed, or None when unset."""
+    text = get_str(env, name)
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_guid(name: str, text: str) -> str:
+    """A tenant or client id in canonical lower-case form."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise ConfigError(
+            name, f"{text!r} is not a GUID (expected the form 00000000-0000-0000-0000-000000000000)"
+        ) from None
+
+
+def get_https_url(env: Environ, name: str, *, allow_http_loopback: bool = False) -> str | None:
+    """An absolute URL without trailing slash; https only (http only for loopback when allowed)."""
+    text = get_str(env, name)
+    if text is None:
+        return None
+    parsed = urlparse(text)
+    loopback = parsed.hostname in {"127.0.0.1", "::1", "localhost"}
+    if parsed.scheme not in {"https", "http"} or not parsed.hostname:
+        raise ConfigError(name, f"{text!r} is not an absolute URL (expected https://host[:port])")
+    if parsed.scheme == "http" and not (allow_http_loopback and loopback):
+        raise ConfigError(name, f"{text!r} must use https")
+    return text.rstrip("/")
+
+
+def get_datetime(env: Environ, name: str) -> dt.datetime | None:
+    """An ISO-8601 instant; without an offset it is taken as UTC (as the API's own timestamps are)."""
+    text = get_str(env, name)
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(name, f"{text!r} is not an ISO-8601 date or time (e.g. 2026-11-01T00:00:00Z)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)

@@ -1,0 +1,120 @@
+"""The collector's error hierarchy: what went wrong and what the caller must do about it.
+
+::
+
+    CollectorError
+    ├── ConfigError                  a setting is missing or invalid (names the setting)
+    ├── RetryableError               try again later: redelivery, not poison
+    │   ├── ApiTransientError        throttling (403 AF429, 429), 408, 5xx, AF50000, network
+    │   ├── SinkTransientError       backend timeout, 429, 5xx, connection refused
+    │   └── StorageTransientError    Azure Storage unreachable or busy
+    └── PermanentError               retrying will not help: an operator must act
+        ├── ApiPermanentError        bad tenant, missing permission, disabled subscription, ...
+        │   ├── SubscriptionMissingError   AF20022 (the client starts it and retries)
+        │   └── ContentUnavailableError    AF20050/AF20051: the blob is gone at the source
+        ├── UntrustedUrlError        a contentUri / NextPageUri that points away from the API host
+        ├── SinkPermanentError       backend refused the data (auth, schema)
+        └── MessageFormatError       a queue message we cannot read
+
+Service data stays on the exception (``code``, ``status``, ``retry_after``) so callers can
+classify without parsing messages. Messages never contain secrets or record bodies.
+"""
+
+from __future__ import annotations
+
+
+class CollectorError(Exception):
+    """Base of every error the collector raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(CollectorError):
+    """A setting is missing or invalid. ``setting`` names it, so the message can too."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class RetryableError(CollectorError):
+    """The operation may succeed if repeated later (the queue redelivers, the next run re-lists)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(CollectorError):
+    """Repeating the operation will fail the same way until someone changes something."""
+
+
+class ApiTransientError(RetryableError):
+    """The Management Activity API throttled us or failed in a way that usually passes."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        self.code = code
+
+    @property
+    def throttled(self) -> bool:
+        return self.code == "AF429" or self.status == 429
+
+
+class ApiPermanentError(PermanentError):
+    """The API refused the request for a reason only an administrator can fix."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class SubscriptionMissingError(ApiPermanentError):
+    """AF20022: no subscription for the content type. The client starts it and retries once."""
+
+
+class ContentUnavailableError(ApiPermanentError):
+    """AF20050 / AF20051: the content blob no longer exists at the source. Its records are lost."""
+
+
+class UntrustedUrlError(PermanentError):
+    """A URL from the API points to a host other than the configured API host.
+
+    Following it would send the bearer token to that host, so it is refused.
+    """
+
+    def __init__(self, url_kind: str, host: str, expected_host: str) -> None:
+        super().__init__(
+            f"refused to follow a {url_kind} pointing to {host!r}: only the configured API host "
+            f"{expected_host!r} receives the access token (check O365_API_URL and O365_CLOUD)"
+        )
+        self.url_kind = url_kind
+        self.host = host
+
+
+class SinkTransientError(RetryableError):
+    """The backend is down, slow or throttling; the same data should be sent again later."""
+
+
+class SinkPermanentError(PermanentError):
+    """The backend refused the data or our credentials; an operator must fix the sink settings."""
+
+
+class StorageTransientError(RetryableError):
+    """Azure Storage (queue or tables) failed; the work will be picked up again."""
+
+
+class MessageFormatError(PermanentError):
+    """A queue message is not a content task this version can read."""

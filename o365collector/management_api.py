@@ -1,0 +1,272 @@
+"""Client for the Office 365 Management Activity API: listing (pages inside), content, subscriptions.
+
+The client owns paging and retries; callers see iterators and exceptions from ``errors``.
+
+- Every call carries ``PublisherIdentifier`` (the quota key), next-page and content GETs included.
+- The bearer token goes only to the configured API host: a ``contentUri`` or ``NextPageUri`` that
+  points anywhere else raises ``UntrustedUrlError`` instead of being followed.
+- Throttling is HTTP 403 with code ``AF429`` (not 429); it is retried like 408, 429, 5xx and
+  ``AF50000``, honouring ``Retry-After`` when the service sends one, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+import orjson
+import requests
+from azure.core.exceptions import AzureError
+
+from .auth import TokenProvider
+from .config import HttpPolicy, TenantConfig
+from .errors import (
+    ApiPermanentError,
+    ApiTransientError,
+    CollectorError,
+    ContentUnavailableError,
+    SubscriptionMissingError,
+    UntrustedUrlError,
+)
+from .models import ContentBlob, Record, TimeWindow, format_api_time
+from .retry import RetryPolicy, parse_retry_after, retrying
+
+log = logging.getLogger(__name__)
+
+# Both names: the docs corrected NextPageUrl to NextPageUri in 2018, but older pages still say Url.
+NEXT_PAGE_HEADERS = ("NextPageUri", "NextPageUrl")
+MAX_PAGES = 10_000  # a listing longer than this is a service fault, not data: stop rather than loop
+
+_AUDIT_OFF_HINT = (
+    "unified audit logging appears to be off for tenant {tenant}: turn it on in Microsoft Purview "
+    "(Audit > Start recording user and admin activity); it can take up to 60 minutes to take effect"
+)
+
+# What each permanent AF code asks of the admin.
+_PERMANENT_HINTS: dict[str, str] = {
+    "AF10001": "the app lacks the ActivityFeed.Read permission: add Office 365 Management APIs > "
+    "ActivityFeed.Read (application) to the app registration and grant admin consent",
+    "AF20010": "the token's tenant does not match O365_TENANT_ID: use the tenant where the app is registered",
+    "AF20011": "the tenant does not exist for the Management Activity API: check O365_TENANT_ID and O365_CLOUD",
+    "AF20012": "the tenant is incorrectly configured for the Management Activity API: contact Microsoft support",
+    "AF20013": "O365_TENANT_ID is not a valid GUID",
+    "AF20020": "the content type is not valid: check O365_CONTENT_TYPES",
+    "AF20023": "the subscription was disabled by an administrator: re-enable it with "
+    "`python -m o365collector subscriptions start --content-type <type>` once that is intended",
+    "AF20030": "the listing window was refused: check this machine's clock (windows must be at most 24 h, "
+    "within the last 7 days)",
+    "AF20055": "the listing window was refused: check this machine's clock (windows must be at most 24 h, "
+    "within the last 7 days)",
+    "AF20052": "the content id is invalid",
+}
+_TRANSIENT_CODES = frozenset({"AF429", "AF50000", "AF50005", "AF50006", "AF20031"})
+
+
+@dataclass
+class ApiStats:
+    """Counters for the run summary."""
+
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+
+
+def _service_error(body: bytes) -> tuple[str | None, str]:
+    """(code, message) from an error body: ``{"error":{"code","message"}}`` or ``{"Message": ...}``."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None, body[:300].decode("utf-8", "replace")
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict):
+            return (str(err["code"]) if err.get("code") else None), str(err.get("message", ""))
+        if "Message" in doc:
+            return None, str(doc["Message"])
+    return None, body[:300].decode("utf-8", "replace")
+
+
+def classify_response(
+    status: int, body: bytes, headers: dict[str, str] | Any, tenant_id: str, what: str
+) -> CollectorError:
+    """The exception a non-2xx answer means. Pure: unit-tested over a table of service answers."""
+    code, message = _service_error(body)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    where = f"{what}: HTTP {status}" + (f" {code}" if code else "")
+    if "does not exist" in message and "DataServiceException" in message:
+        return ApiPermanentError(f"{where}: {_AUDIT_OFF_HINT.format(tenant=tenant_id)}", status=status, code=code)
+    if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
+        return ApiTransientError(f"{where} {message}".strip(), status=status, code=code, retry_after=retry_after)
+    if code == "AF20022":
+        return SubscriptionMissingError(f"{where}: no subscription for this content type", status=status, code=code)
+    if code == "AF20051":
+        return ContentUnavailableError(f"{where}: content expired at the source ({message})", status=status, code=code)
+    if code == "AF20050" or (status == 404 and code is None and what.startswith("fetch")):
+        return ContentUnavailableError(f"{where}: content does not exist ({message})", status=status, code=code)
+    if status == 401 and code is None:
+        # The API answers 401 {"Message": "Authorization has been denied..."} to a token it rejects:
+        # usually a refresh race; when it persists, the permission or consent is missing.
+        return ApiTransientError(
+            f"{where}: the access token was refused; if this persists, check that the app has "
+            "Office 365 Management APIs permissions with admin consent",
+            status=status,
+        )
+    hint = _PERMANENT_HINTS.get(code or "")
+    detail = hint or message or "the request was refused"
+    return ApiPermanentError(f"{where}: {detail}", status=status, code=code)
+
+
+class ManagementApiClient:
+    """One tenant's view of the Management Activity API."""
+
+    def __init__(
+        self,
+        tenant: TenantConfig,
+        *,
+        tokens: TokenProvider | None = None,
+        session: requests.Session | None = None,
+        policy: HttpPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.tenant = tenant
+        self._tokens = tokens or TokenProvider(tenant)
+        self._session = session or requests.Session()
+        self._policy = policy or HttpPolicy()
+        self._sleep = sleep
+        self._root = f"{tenant.api_url}/api/v1.0/{tenant.tenant_id}/activity/feed"
+        api = urlparse(tenant.api_url)
+        self._api_scheme, self._api_netloc = api.scheme, api.netloc
+        self.stats = ApiStats()
+
+    # -- listing ---------------------------------------------------------------------------
+    def list_content(self, content_type: str, window: TimeWindow) -> Iterator[ContentBlob]:
+        """Every content blob of ``content_type`` whose contentCreated lies in ``window``, all pages.
+
+        A missing subscription (AF20022) is started and the listing retried once.
+        """
+        params = {
+            "contentType": content_type,
+            "startTime": format_api_time(window.start),
+            "endTime": format_api_time(window.end),
+        }
+        url: str | None = f"{self._root}/subscriptions/content?{urlencode(params)}"
+        what = f"list {content_type} {params['startTime']}..{params['endTime']}"
+        pages = 0
+        seen_pages: set[str] = set()
+        while url is not None:
+            try:
+                response = self._call("GET", url, what, url_kind="NextPageUri" if pages else "listing URL")
+            except SubscriptionMissingError:
+                if pages:
+                    raise
+                log.warning(
+                    "no subscription for %s: starting it",
+                    content_type,
+                    extra={"tenant_id": self.tenant.tenant_id, "content_type": content_type},
+                )
+                self.start_subscription(content_type)
+                response = self._call("GET", url, what, url_kind="listing URL")
+            pages += 1
+            for item in _json_array(response.content, what):
+                yield ContentBlob.from_api(item)
+            url = next((response.headers[h] for h in NEXT_PAGE_HEADERS if response.headers.get(h)), None)
+            if url is not None:
+                if url in seen_pages or pages >= MAX_PAGES:
+                    raise ApiTransientError(f"{what}: the service repeated a page or exceeded {MAX_PAGES} pages")
+                seen_pages.add(url)
+
+    # -- content ---------------------------------------------------------------------------
+    def fetch_content(self, content_uri: str) -> list[Record]:
+        """The audit records of one content blob, exactly as served."""
+        response = self._call("GET", content_uri, f"fetch {_short(content_uri)}", url_kind="contentUri")
+        return _json_array(response.content, f"content blob {_short(content_uri)}")
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        response = self._call("GET", f"{self._root}/subscriptions/list", "list subscriptions")
+        return _json_array(response.content, "subscription list")
+
+    def start_subscription(self, content_type: str) -> None:
+        """Start (or re-enable) the subscription; "already enabled" (400 AF20024) counts as success."""
+        url = f"{self._root}/subscriptions/start?{urlencode({'contentType': content_type})}"
+        try:
+            self._call("POST", url, f"start subscription {content_type}")
+        except ApiPermanentError as err:
+            if err.code != "AF20024":
+                raise
+
+    def stop_subscription(self, content_type: str) -> None:
+        url = f"{self._root}/subscriptions/stop?{urlencode({'contentType': content_type})}"
+        self._call("POST", url, f"stop subscription {content_type}")
+
+    # -- transport ---------------------------------------------------------------------------
+    def _call(self, method: str, url: str, what: str, *, url_kind: str = "API URL") -> requests.Response:
+        target = self._trusted(url, url_kind)
+        policy = RetryPolicy(
+            max_attempts=self._policy.max_attempts,
+            max_seconds=self._policy.max_retry_seconds,
+            backoff_seconds=self._policy.backoff_seconds,
+        )
+        for attempt in retrying(policy, sleep=self._sleep, on_retry=self._count_retry):
+            with attempt:
+                return self._send(method, target, what)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _send(self, method: str, url: str, what: str) -> requests.Response:
+        try:
+            token = self._tokens.get_token()
+        except AzureError as err:  # network failure talking to the login host
+            raise ApiTransientError(f"token request failed: {type(err).__name__}") from err
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        if method == "POST":
+            headers["Content-Type"] = "application/json; utf-8"
+        self.stats.requests += 1
+        try:
+            response = self._session.request(
+                method,
+                url,
+                headers=headers,
+                timeout=self._policy.timeout_seconds,
+                data=b"" if method == "POST" else None,
+            )
+        except (requests.ConnectionError, requests.Timeout) as err:
+            raise ApiTransientError(f"{what}: {type(err).__name__} talking to {self._api_netloc}") from err
+        if response.status_code < 300:
+            return response
+        error = classify_response(response.status_code, response.content, response.headers, self.tenant.tenant_id, what)
+        if isinstance(error, ApiTransientError) and error.throttled:
+            self.stats.throttled += 1
+        raise error
+
+    def _count_retry(self, _error: BaseException) -> None:
+        self.stats.retries += 1
+
+    def _trusted(self, url: str, url_kind: str) -> str:
+        """The URL with PublisherIdentifier added, if it points at the configured API host; else refuse."""
+        parts = urlparse(url)
+        if parts.scheme != self._api_scheme or parts.netloc.lower() != self._api_netloc.lower():
+            raise UntrustedUrlError(url_kind, parts.netloc or url[:80], self._api_netloc)
+        # Follow the service's URL verbatim; only append the quota key when it is missing.
+        if any(k.lower() == "publisheridentifier" for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
+            return url
+        extra = urlencode({"PublisherIdentifier": self.tenant.publisher_id})
+        return urlunparse(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
+
+
+def _json_array(body: bytes, what: str) -> list[Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise ApiPermanentError(f"{what} is not valid JSON (or not UTF-8): {err}") from err
+    if not isinstance(doc, list):
+        raise ApiPermanentError(f"{what} is not a JSON array")
+    return doc
+
+
+def _short(uri: str) -> str:
+    """The content id part of a content URI, for messages."""
+    return uri.rsplit("/", 1)[-1][:120]

@@ -1,0 +1,161 @@
+"""Wires settings to clients once per process, for the Functions triggers and the command line alike.
+
+``Collector`` owns the long-lived objects (storage clients, one API client per tenant with its token
+cache, the sinks). ``run_lister`` and ``process_message`` are what ``function_app.py`` calls; the
+CLI calls the same two through a ``Collector`` of its own, so both paths run the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+
+from .checkpoints import CheckpointStore, Ledger
+from .config import Settings
+from .errors import CollectorError, ConfigError
+from .fetcher import Fetcher, FetchResult
+from .lister import Lister, ListerResult, StreamResult
+from .management_api import ManagementApiClient
+from .models import FetchTask
+from .queue_runner import POISONED_MESSAGE
+from .sinks.base import Sink
+from .storage import StorageClients, ensure_queue, ensure_table
+
+log = logging.getLogger(__name__)
+
+
+def quiet_sdk_loggers() -> None:
+    """Azure SDK loggers log every request at INFO; keep operators' logs to what the collector says."""
+    for name in ("azure", "msal", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ListingFailedError(CollectorError):
+    """At least one tenant/content type could not be listed; the message says which and why."""
+
+
+class Collector:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], dt.datetime] = utc_now,
+        storage: StorageClients | None = None,
+        sinks: list[Sink] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        storage = storage or StorageClients(settings.storage)
+        self.queue = storage.queue(settings.content_queue)
+        self.poison_queue = storage.queue(settings.poison_queue)
+        self._checkpoint_table = storage.table(settings.checkpoint_table)
+        self._ledger_table = storage.table(settings.ledger_table)
+        self.checkpoints = CheckpointStore(self._checkpoint_table)
+        self.ledger = Ledger(self._ledger_table)
+        self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
+        self._tenants = {t.tenant_id: t for t in settings.tenants}
+        self._apis: dict[str, ManagementApiClient] = {}
+        self._lock = threading.Lock()
+
+    def ensure_resources(self) -> None:
+        """Create the queues and tables if missing (idempotent; the template creates them in Azure)."""
+        ensure_queue(self.queue)
+        ensure_queue(self.poison_queue)
+        ensure_table(self._checkpoint_table)
+        ensure_table(self._ledger_table)
+
+    def api(self, tenant_id: str) -> ManagementApiClient:
+        with self._lock:
+            client = self._apis.get(tenant_id)
+            if client is None:
+                tenant = self._tenants.get(tenant_id)
+                if tenant is None:
+                    raise ConfigError("O365_TENANT_ID", f"tenant {tenant_id} is not configured in this deployment")
+                client = ManagementApiClient(tenant, policy=self.settings.http)
+                self._apis[tenant_id] = client
+            return client
+
+    def lister(self, on_window: Callable[[StreamResult], None] | None = None) -> Lister:
+        return Lister(
+            tenants=self.settings.tenants,
+            policy=self.settings.policy,
+            api_for_tenant=self.api,
+            checkpoints=self.checkpoints,
+            queue=self.queue,
+            clock=self.clock,
+            on_window=on_window,
+        )
+
+    def fetcher(self) -> Fetcher:
+        return Fetcher(
+            ledger=self.ledger,
+            sinks=self.sinks,
+            api_for_tenant=self.api,
+            claim_lease=self.settings.policy.claim_lease,
+            clock=self.clock,
+        )
+
+    def run_lister(self) -> ListerResult:
+        return self.lister().run()
+
+    def process_message(self, body: str | bytes, *, message_id: str) -> FetchResult:
+        return self.fetcher().process(FetchTask.from_message(body), delivery_id=message_id)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+_collector: Collector | None = None
+_collector_lock = threading.Lock()
+
+
+def collector(environ: Mapping[str, str] | None = None) -> Collector:
+    """The process-wide collector for the Functions host, built on first use from the app settings."""
+    global _collector
+    with _collector_lock:
+        if _collector is None:
+            quiet_sdk_loggers()
+            built = Collector(Settings.from_env(os.environ if environ is None else environ))
+            built.ensure_resources()
+            _collector = built
+        return _collector
+
+
+def reset_collector() -> None:
+    """Forget the process-wide collector (tests change settings between cases)."""
+    global _collector
+    with _collector_lock:
+        if _collector is not None:
+            _collector.close()
+        _collector = None
+
+
+def run_lister(*, past_due: bool = False) -> ListerResult:
+    if past_due:
+        log.info("timer is past due: the run lists everything since the checkpoints anyway")
+    result = collector().run_lister()
+    failed = [s for s in result.streams if not s.ok]
+    if failed:
+        names = "; ".join(f"{s.tenant_id}/{s.content_type}: {s.error}" for s in failed)
+        raise ListingFailedError(f"{len(failed)} of {len(result.streams)} streams failed: {names}")
+    return result
+
+
+def process_message(*, body: str | bytes, message_id: str, dequeue_count: int) -> FetchResult:
+    """The queue trigger's work. Raising makes the host redeliver; the last failure is logged as poisoned."""
+    active = collector()
+    try:
+        return active.process_message(body, message_id=message_id)
+    except Exception as err:
+        if dequeue_count >= active.settings.queue_runner.max_dequeue_count:
+            # The host moves the message to the poison queue after this attempt; say so where alerts look.
+            log.error("%s: message %s after %d attempts: %s", POISONED_MESSAGE, message_id, dequeue_count, err)
+        raise

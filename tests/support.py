@@ -1,0 +1,19 @@
+"""Constants and helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from o365collector.models import CONTENT_TYPES
+from o365collector.simulator import TenantSpec
+
+EnvFactory = Callable[..., dict[str, str]]
+
+TENANT = TenantSpec(
+    tenant_id="11111111-2222-4333-8444-555555555555",
+    client_id="66666666-7777-4888-9999-aaaaaaaaaaaa",
+    client_secret="test-secret-Xq7!",
+    roles=("ActivityFeed.Read", "ActivityFeed.ReadDlp"),
+    audit_enabled=True,
+    subscribed=CONTENT_TYPES,
+)
