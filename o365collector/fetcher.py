@@ -75,8 +75,8 @@ class Fetcher:
             records = self._api_for_tenant(task.tenant_id).fetch_content(task.content_uri)
         except ContentUnavailableError as err:
             self._ledger.mark_lost(claim, str(err), self._clock())
-            summary = dict(fields, content_created=task.content_created.isoformat(), reason=str(err))
-            log.error("%s %s", EXPIRED_MESSAGE, orjson.dumps(summary).decode(), extra=fields)
+            lost = dict(fields, content_created=task.content_created.isoformat(), reason=str(err))
+            log.error("%s %s", EXPIRED_MESSAGE, orjson.dumps(lost).decode(), extra=fields)
             return FetchResult(Outcome.LOST, seconds=time.monotonic() - started)
         except CollectorError as err:
             self._ledger.release(claim, str(err))
@@ -92,5 +92,5 @@ class Fetcher:
         self._ledger.mark_done(claim, len(records), self._clock())
         seconds = time.monotonic() - started
         summary: dict[str, object] = {**fields, "records": len(records), "seconds": round(seconds, 3)}
-        log.info("content shipped %s", orjson.dumps(summary).decode(), extra=fields)
+        log.debug("content shipped %s", orjson.dumps(summary).decode(), extra=fields)
         return FetchResult(Outcome.SHIPPED, len(records), seconds)

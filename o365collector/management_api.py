@@ -11,7 +11,9 @@ The client owns paging and retries; callers see iterators and exceptions from ``
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -257,10 +259,15 @@ class ManagementApiClient:
         return urlunparse(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
 
 
+# orjson reads integers beyond 64 bits as floats; such a number (20+ digits) sends the body to the stdlib
+# parser, which keeps it exact. A match inside a string only costs the slower parse.
+_HUGE_INTEGER = re.compile(rb"[\[:,]\s*-?\d{20,}")
+
+
 def _json_array(body: bytes, what: str) -> list[Any]:
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
+        doc = json.loads(body) if _HUGE_INTEGER.search(body) else orjson.loads(body)
+    except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiPermanentError(f"{what} is not valid JSON (or not UTF-8): {err}") from err
     if not isinstance(doc, list):
         raise ApiPermanentError(f"{what} is not a JSON array")

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from o365collector.simulator.cli import demo_environment
 
 from o365collector.azurite import Azurite, find_azurite, start_azurite
 from o365collector.config import Settings
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, SimulatorConfig
+from o365collector.simulator.cli import demo_environment
 from tests.support import TENANT, EnvFactory
 
 

@@ -131,7 +131,7 @@ def test_a_failing_stream_fails_the_timer_run_but_the_others_are_listed(
         TENANT.tenant_id, "Audit.Exchange", now - dt.timedelta(hours=4), now - dt.timedelta(minutes=10),
         blob_every=dt.timedelta(hours=1),
     )  # fmt: skip
-    with pytest.raises(runtime.ListingFailedError, match="DLP.All.*AF20023"):
+    with pytest.raises(runtime.ListingFailedError, match=r"DLP\.All.*AF20023"):
         functions()["list_content"].get_user_function()(timer=TimerRequest(past_due=True))
     queued = runtime.collector().queue.get_queue_properties().approximate_message_count
     assert queued == len(simulator.blobs(TENANT.tenant_id, "Audit.Exchange"))

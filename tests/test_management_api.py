@@ -225,3 +225,27 @@ def test_audit_logging_off_says_how_to_turn_it_on(simulator: Simulator, make_env
     api = ManagementApiClient(tenant, policy=HttpPolicy(backoff_seconds=0.01))
     with pytest.raises(ApiPermanentError, match=r"unified audit logging.*60 minutes"):
         list(api.list_content("Audit.Exchange", last_day()))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'[{"Id": "a", "Big": 123456789012345678901234567890, "F": 1.5}]', 123456789012345678901234567890),
+        (b'[{"Id": "a", "Big": 18446744073709551615}]', 18446744073709551615),
+        (b'[{"Id": "a", "Big": "12345678901234567890123"}]', "12345678901234567890123"),
+    ],
+)
+def test_numbers_keep_their_exact_value_and_type(body: bytes, expected: object) -> None:
+    from o365collector.management_api import _json_array
+
+    (record,) = _json_array(body, "blob")
+    assert record["Big"] == expected
+    assert type(record["Big"]) is type(expected)
+
+
+@pytest.mark.parametrize("body", [b'[{"Id": "a"', b'[{"Id": "\xff\xfe"}]', b'{"Id": "a"}'])
+def test_malformed_blobs_are_permanent_errors_naming_the_blob(body: bytes) -> None:
+    from o365collector.management_api import _json_array
+
+    with pytest.raises(ApiPermanentError, match="content blob abc"):
+        _json_array(body, "content blob abc")

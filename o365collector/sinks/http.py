@@ -1,0 +1,397 @@
+"""The generic HTTP sink: POST records in batches (NDJSON or a JSON array, gzip) to any HTTPS receiver.
+
+Fits Logstash / Fluent Bit / Vector HTTP inputs, Cribl, a custom Function, anything that takes a POST.
+Each request carries ``X-O365-Tenant-Id``, ``X-O365-Content-Type`` and ``X-O365-Content-Id`` so the
+receiver can route, plus ``X-O365-Batch-Index`` so it can de-duplicate a redelivered blob.
+
+How answers are classified:
+
+====================================  =====================================================
+2xx                                   accepted
+408, 429, 5xx                         ``SinkTransientError`` (``retry_after`` from Retry-After)
+timeout, connection refused/reset,    ``SinkTransientError``
+DNS failure, TLS handshake cut
+401, 403                              ``SinkPermanentError``: check the token / headers
+TLS certificate not trusted           ``SinkPermanentError``: trust the CA via REQUESTS_CA_BUNDLE
+3xx                                   ``SinkPermanentError``: redirects are not followed, so the
+                                      token and extra headers only ever go to SINK_URL's host
+other 4xx                             ``SinkPermanentError`` with the status and <= 200 chars of body
+====================================  =====================================================
+
+Transient failures are retried per batch with ``o365collector.retry`` (bounded by
+``SINK_HTTP_MAX_ATTEMPTS`` and ``SINK_HTTP_MAX_RETRY_SECONDS``), then re-raised for the queue to
+redeliver. A batch once accepted is not sent again within the same ``send()``; a redelivered blob is
+sent whole again, so delivery to the receiver is at least once.
+
+TLS certificates are always verified; requests honours ``REQUESTS_CA_BUNDLE`` for private CAs. The
+bearer token, extra header values and record bodies never appear in logs or error messages, and
+neither does SINK_URL's path or query (some receivers put a key there): messages name only the
+scheme, host and port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+import orjson
+import requests
+
+from .. import __version__
+from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str, require_str
+from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
+from ..models import BlobContext, Record
+from ..retry import RetryPolicy, parse_retry_after, retrying
+from .batching import FRAMINGS, Batch, iter_batches
+
+log = logging.getLogger(__name__)
+
+# Defaults (one place, with the reason for each).
+# 4 MiB of uncompressed JSON stays under the usual 5-10 MiB request limits of ingest endpoints.
+DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024
+# Bounds per-request work at the receiver even for tiny records.
+DEFAULT_BATCH_MAX_RECORDS = 5000
+# Generous for a 4 MiB body over a slow link, yet several attempts fit in the 10-minute function timeout.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+# Per batch; beyond it the message goes back to the queue, whose redelivery is the longer wait.
+DEFAULT_MAX_RETRY_SECONDS = 60.0
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+_TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header field names
+_VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")  # a bearer token: no spaces, line breaks or non-ASCII
+# Headers the sink sets itself; letting SINK_HTTP_HEADERS change them would break the wire format or routing.
+_RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "transfer-encoding", "host"})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSinkSettings:
+    """``SINK_URL`` and the ``SINK_HTTP_*`` settings."""
+
+    name: ClassVar[str] = "http"
+
+    url: str
+    format: str = "ndjson"
+    gzip: bool = True
+    # Extra header values may be API keys: kept out of repr, like the token.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    bearer_token: Secret | None = None
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Environ) -> HttpSinkSettings:
+        bearer = get_secret(env, "SINK_HTTP_BEARER_TOKEN")
+        if bearer is not None and not _VISIBLE_ASCII.match(bearer.reveal()):
+            raise ConfigError("SINK_HTTP_BEARER_TOKEN", "must be a single token without spaces or line breaks")
+        headers = _parse_headers(env, "SINK_HTTP_HEADERS")
+        if bearer is not None and any(name.lower() == "authorization" for name, _ in headers):
+            raise ConfigError(
+                "SINK_HTTP_HEADERS", "sets Authorization while SINK_HTTP_BEARER_TOKEN is set too: keep one of them"
+            )
+        return cls(
+            url=_parse_url(env, "SINK_URL"),
+            format=get_choice(env, "SINK_HTTP_FORMAT", "ndjson", tuple(FRAMINGS)),
+            gzip=get_bool(env, "SINK_HTTP_GZIP", True),
+            headers=headers,
+            bearer_token=bearer,
+            batch_max_bytes=get_int(
+                env, "SINK_HTTP_BATCH_MAX_BYTES", DEFAULT_BATCH_MAX_BYTES, minimum=1024, maximum=256 * 1024 * 1024
+            ),
+            batch_max_records=get_int(
+                env, "SINK_HTTP_BATCH_MAX_RECORDS", DEFAULT_BATCH_MAX_RECORDS, minimum=1, maximum=1_000_000
+            ),
+            timeout_seconds=get_float(env, "SINK_HTTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0),
+            max_attempts=get_int(env, "SINK_HTTP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20),
+            max_retry_seconds=get_float(env, "SINK_HTTP_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS),
+        )
+
+    def create(self) -> HttpSink:
+        return HttpSink(self)
+
+
+def _parse_url(env: Environ, name: str) -> str:
+    # Not envparse.get_https_url: that one strips a trailing slash (receivers may care) and echoes the
+    # whole URL, whose path or query may hold a receiver key. Messages here show scheme://host:port only.
+    text = require_str(env, name, "the receiver's address, e.g. https://siem.example.com/ingest")
+    parsed = urlparse(text)
+    try:
+        port_ok = parsed.port is None or parsed.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if not port_ok:
+        raise ConfigError(name, "has an invalid port (expected https://host[:port]/path)")
+    if parsed.scheme not in {"https", "http"} or not parsed.hostname:
+        raise ConfigError(name, "is not an absolute URL (expected https://host[:port]/path)")
+    if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            name, f"{_endpoint(text)!r} must use https (plain http is accepted only for 127.0.0.1, localhost or ::1)"
+        )
+    return text
+
+
+def _parse_headers(env: Environ, name: str) -> tuple[tuple[str, str], ...]:
+    text = get_str(env, name)
+    if text is None:
+        return ()
+    example = 'e.g. {"X-Api-Key": "..."}'
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as err:
+        # The message says where, never what: the text may hold secrets.
+        raise ConfigError(
+            name, f"is not valid JSON ({err.msg} at char {err.pos}); expected an object, {example}"
+        ) from err
+    if not isinstance(value, dict):
+        raise ConfigError(name, f"must be a JSON object of header names to string values, {example}")
+    headers: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not _TOKEN_CHARS.match(key):
+            raise ConfigError(name, f"{key!r} is not a valid header name")
+        if key.lower() in _RESERVED_HEADERS or key.lower().startswith("x-o365-"):
+            raise ConfigError(name, f"{key!r} is set by the sink itself and cannot be overridden")
+        if not isinstance(item, str) or any(c in item for c in "\r\n\0") or item != item.strip():
+            raise ConfigError(name, f"the value of {key!r} must be a one-line string without surrounding spaces")
+        headers.append((key, item))
+    return tuple(headers)
+
+
+def _endpoint(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: safe for logs and messages (no credentials, path or query)."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port else "")
+
+
+class HttpSink:
+    """Sends each blob's records as one or more POSTs to ``SINK_URL``; see the module docstring."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        settings: HttpSinkSettings,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._session = session if session is not None else requests.Session()
+        self._sleep = sleep
+        self._clock = clock
+        self._framing = FRAMINGS[settings.format]
+        self._endpoint = _endpoint(settings.url)
+        self._policy = RetryPolicy(max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds)
+
+    def check(self) -> None:
+        """Probe ``SINK_URL`` with HEAD (with the auth headers); it ships nothing.
+
+        HEAD, because it has no body and no side effect, and most frameworks authenticate it like a
+        POST. An empty POST could be stored as a delivery, and OPTIONS is often answered by CORS
+        middleware before authentication. Any answer proves DNS, TCP and TLS; 401/403 fail the
+        check, 408/429/5xx report the receiver unhealthy, and other answers (a POST-only endpoint
+        saying 404 or 405) pass, since they prove the receiver is reachable and took our credentials.
+        A receiver that rejects HEAD before authenticating cannot show a bad token here; the first
+        send() will.
+        """
+        headers = self._base_headers()
+        response = self._request("HEAD", headers, None)
+        with response:
+            error = self._classify(response, probe=True)
+        if error is not None:
+            raise error
+        log.debug("http sink: %s answered HEAD with %d", self._endpoint, response.status_code)
+
+    def send(self, records: Sequence[Record], context: BlobContext) -> None:
+        """POST the records batch by batch; no records, no request."""
+        extra = {
+            "tenant_id": context.tenant_id,
+            "content_type": context.content_type,
+            "content_id": context.content_id,
+        }
+        headers = self._base_headers()
+        headers.update(
+            {
+                "Content-Type": self._framing.content_type,
+                "X-O365-Tenant-Id": context.tenant_id,
+                "X-O365-Content-Type": context.content_type,
+                "X-O365-Content-Id": context.content_id,
+            }
+        )
+        if self._settings.gzip:
+            headers["Content-Encoding"] = "gzip"
+        batches = 0
+        for index, batch in enumerate(self._batches(records)):
+            if batch.oversize:
+                log.warning(
+                    "http sink: record %d of content %s encodes to %d bytes, above SINK_HTTP_BATCH_MAX_BYTES "
+                    "(%d); sending it alone",
+                    batch.first,
+                    context.content_id,
+                    len(batch.body),
+                    self._settings.batch_max_bytes,
+                    extra=extra,
+                )
+            self._send_batch(batch, {**headers, "X-O365-Batch-Index": str(index)}, extra)
+            batches += 1
+        log.debug(
+            "http sink: %d records of content %s accepted in %d batches",
+            len(records),
+            context.content_id,
+            batches,
+            extra=extra,
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _batches(self, records: Sequence[Record]) -> Iterator[Batch]:
+        return iter_batches(
+            records,
+            framing=self._framing,
+            max_bytes=self._settings.batch_max_bytes,
+            max_records=self._settings.batch_max_records,
+        )
+
+    def _base_headers(self) -> dict[str, str]:
+        headers = dict(self._settings.headers)
+        headers["User-Agent"] = f"o365collector/{__version__}"
+        if self._settings.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {self._settings.bearer_token.reveal()}"
+        return headers
+
+    def _send_batch(self, batch: Batch, headers: dict[str, str], extra: dict[str, Any]) -> None:
+        body = gzip.compress(batch.body, compresslevel=6, mtime=0) if self._settings.gzip else batch.body
+        failures: list[BaseException] = []
+        retryer = retrying(self._policy, sleep=self._sleep, on_retry=failures.append)
+        retryer(self._post, body, headers)
+        if failures:
+            log.warning(
+                "http sink: batch of %d records accepted after %d retries (last failure: %s)",
+                batch.count,
+                len(failures),
+                failures[-1],
+                extra=extra,
+            )
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        response = self._request("POST", headers, body)
+        with response:
+            error = self._classify(response, probe=False)
+        if error is not None:
+            raise error
+
+    def _request(self, method: str, headers: dict[str, str], body: bytes | None) -> requests.Response:
+        try:
+            # Redirects are not followed: the token and extra headers must only reach SINK_URL's host.
+            # TLS verification stays on (requests' default, REQUESTS_CA_BUNDLE honoured).
+            return self._session.request(
+                method,
+                self._settings.url,
+                data=body,
+                headers=headers,
+                timeout=self._settings.timeout_seconds,
+                allow_redirects=False,
+            )
+        except requests.RequestException as err:
+            raise self._transport_error(err) from err
+
+    def _classify(self, response: requests.Response, *, probe: bool) -> CollectorError | None:
+        status = response.status_code
+        where = f"{self._endpoint} answered {status}"
+        if 200 <= status < 300:
+            return None
+        if status in (408, 429) or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
+            return SinkTransientError(f"{where}{_snippet(response)}", retry_after=retry_after)
+        if status in (401, 403):
+            return SinkPermanentError(
+                f"{where}: the receiver refused our credentials (check SINK_HTTP_BEARER_TOKEN / SINK_HTTP_HEADERS)"
+            )
+        if 300 <= status < 400:
+            location = response.headers.get("Location")
+            target = _endpoint(location) if location else "an unnamed address"
+            return SinkPermanentError(
+                f"{where} redirecting to {target}: redirects are not followed (set SINK_URL to the final address)"
+            )
+        if probe:
+            return None
+        if status == 413:
+            return SinkPermanentError(
+                f"{where}: the batch is too large for the receiver (lower SINK_HTTP_BATCH_MAX_BYTES or raise its limit)"
+            )
+        return SinkPermanentError(f"{where}: the receiver refused the batch{_snippet(response)}")
+
+    def _transport_error(self, err: requests.RequestException) -> CollectorError:
+        causes = list(_causes(err))
+        verify = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
+        if verify is not None:
+            return SinkPermanentError(
+                f"TLS verification of {self._endpoint} failed ({verify.verify_message or verify.reason}): "
+                "trust the receiver's CA with REQUESTS_CA_BUNDLE, or fix its certificate"
+            )
+        if isinstance(err, requests.exceptions.SSLError):
+            return SinkTransientError(f"TLS handshake with {self._endpoint} failed ({_reason(causes)})")
+        if any(isinstance(c, socket.gaierror) for c in causes):
+            host = urlparse(self._settings.url).hostname
+            return SinkTransientError(f"cannot resolve the host {host!r} of SINK_URL (check the name and DNS)")
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return SinkTransientError(
+                f"connection to {self._endpoint} refused: is the receiver running and listening there? (SINK_URL)"
+            )
+        if isinstance(err, requests.Timeout):
+            return SinkTransientError(
+                f"{self._endpoint} did not answer within {self._settings.timeout_seconds:g}s "
+                "(SINK_HTTP_TIMEOUT_SECONDS)"
+            )
+        if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+            return SinkTransientError(f"connection to {self._endpoint} failed ({_reason(causes)})")
+        # InvalidURL, InvalidHeader, ...: the request cannot be built; sending again will not help.
+        return SinkPermanentError(f"request to {self._endpoint} could not be made ({type(err).__name__})")
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and everything it wraps: ``__cause__``/``__context__``, urllib3's ``reason``, exception args."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def _reason(causes: list[BaseException]) -> str:
+    # The error from the OS, ssl or http.client underneath: its text names no URL (requests' and urllib3's do).
+    for cause in causes:
+        if not type(cause).__module__.startswith(("requests", "urllib3")):
+            return str(cause) or type(cause).__name__
+    return type(causes[0]).__name__
+
+
+def _snippet(response: requests.Response) -> str:
+    """At most 200 characters of the response body on one line, as ``: text`` (empty when no body)."""
+    text = " ".join(response.content[:1024].decode("utf-8", "replace").split())[:200]
+    return f": {text}" if text else ""

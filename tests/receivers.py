@@ -1,0 +1,451 @@
+"""Loopback HTTP(S) receivers for sink tests: a scriptable stand-in for any HTTP ingest endpoint.
+
+``HttpReceiver`` listens on 127.0.0.1 (a free port), optionally over TLS with a self-signed
+certificate it generates (SAN 127.0.0.1, ::1 and localhost; trust it through ``ca_file``). It records
+every request (method, path, headers, decompressed body, parsed NDJSON / JSON records), answers with
+what the test scripted (``fail_next``, ``refuse``, ``require_bearer``, ``stall_next``) and otherwise
+accepts. It only answers: it never opens an outbound connection.
+
+Bounded: a request body above ``max_body_bytes`` (or a gzip body inflating above it) gets 413 and
+the connection is closed; idle keep-alive connections time out after ``timeout`` seconds; stopping
+the receiver closes every open connection. Every request is recorded before it is answered, so once
+a client call returns, the receiver's lists already hold it: tests never wait or sleep.
+
+``refusing_url()`` gives the opposite: a loopback URL where connections are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.server
+import ipaddress
+import json
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One request as the receiver saw it, and the status it answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Header names in lower case."""
+    raw_body: bytes
+    """The body as sent (still gzip-compressed when Content-Encoding says so)."""
+    body: bytes
+    """The body after undoing Content-Encoding."""
+    records: list[Any] | None
+    """NDJSON lines or JSON array items (a single JSON object counts as one); None when not JSON."""
+    status: int
+    client_port: int
+    """The client's source port: equal across requests that shared a keep-alive connection."""
+
+
+@dataclass
+class _Failure:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Script:
+    """What the test asked for; guarded by the receiver's lock."""
+
+    skip: int = 0
+    failures: deque[_Failure] = field(default_factory=deque)
+    refusing: bool = False
+    bearer: str | None = None
+    stalls: int = 0
+
+
+def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed EC certificate for 127.0.0.1 / ::1 / localhost, valid for a week; returns (cert, key) paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "o365collector test receiver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
+            critical=False,
+        )
+        # A CA certificate, so the same file serves as the trust anchor (REQUESTS_CA_BUNDLE / verify=).
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / "receiver-cert.pem"
+    key_path = directory / "receiver-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class HttpReceiver:
+    """A scriptable HTTP(S) ingest endpoint on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, *, tls: bool = False, max_body_bytes: int = 64 * 1024 * 1024, timeout: float = 10.0) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._script = _Script()
+        self._requests: list[ReceivedRequest] = []
+        self._records: list[Any] = []
+        self._connections: set[socket.socket] = set()
+        self._release = threading.Event()
+        self._tempdir: Path | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._ca_file: Path | None = None
+        if tls:
+            self._tempdir = Path(tempfile.mkdtemp(prefix="receiver-"))
+            cert, key = make_self_signed_cert(self._tempdir)
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(cert, key)
+            self._ca_file = cert
+        self._server = _Server((HOST, 0), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def __enter__(self) -> HttpReceiver:
+        # A short poll interval only makes shutdown() prompt; requests are served as they arrive.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="http-receiver", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving, release stalled requests, close every connection and remove the certificate files."""
+        self._release.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+
+    # -- addresses
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The ingest URL (any path is accepted; this one is ``/ingest``)."""
+        return f"{self.base_url}/ingest"
+
+    @property
+    def ca_file(self) -> str:
+        """The certificate to trust (TLS receivers only)."""
+        if self._ca_file is None:
+            raise RuntimeError("this receiver does not use TLS")
+        return str(self._ca_file)
+
+    # -- what was received
+
+    @property
+    def requests(self) -> list[ReceivedRequest]:
+        """Every request, in arrival order, whatever was answered."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def records(self) -> list[Any]:
+        """Records of accepted (2xx) requests only, in order."""
+        with self._lock:
+            return list(self._records)
+
+    def reset(self) -> None:
+        """Forget what was received and every scripted behaviour."""
+        with self._lock:
+            self._requests.clear()
+            self._records.clear()
+            self._script = _Script()
+
+    # -- scripting
+
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        retry_after: float | str | None = None,
+        *,
+        after: int = 0,
+        body: bytes | str = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer ``status`` to ``n`` requests once ``after`` more have passed.
+
+        ``retry_after`` (seconds or an HTTP-date) becomes a Retry-After header; ``headers`` adds others
+        (a Location for a redirect, say).
+        """
+        payload = body.encode() if isinstance(body, str) else body
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+        with self._lock:
+            self._script.skip = after
+            self._script.failures.extend(_Failure(status, extra, payload or b"scripted failure") for _ in range(n))
+
+    def refuse(self, on: bool = True) -> None:
+        """While on, every request gets 503."""
+        with self._lock:
+            self._script.refusing = on
+
+    def require_bearer(self, token: str | None) -> None:
+        """Answer 401 unless ``Authorization: Bearer <token>``; None turns the check off."""
+        with self._lock:
+            self._script.bearer = token
+
+    def stall_next(self, n: int = 1) -> None:
+        """Hold the answer (a 503) to the next ``n`` requests until the receiver closes or ``timeout`` passes.
+
+        For client timeouts. A stalled request shows in ``requests`` only once its answer is released.
+        """
+        with self._lock:
+            self._script.stalls += n
+
+    # -- called by the handler threads
+
+    def _decide(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
+        """(status, extra headers, body, stall) for a request, consuming one scripted step."""
+        with self._lock:
+            script = self._script
+            if script.stalls:
+                script.stalls -= 1
+                return 503, {}, b"stalled", True
+            if script.refusing:
+                return 503, {}, b"refusing", False
+            if script.failures:
+                if script.skip:
+                    script.skip -= 1
+                else:
+                    failure = script.failures.popleft()
+                    return failure.status, failure.headers, failure.body, False
+            if script.bearer is not None and headers.get("authorization") != f"Bearer {script.bearer}":
+                return 401, {"WWW-Authenticate": "Bearer"}, b"unauthorized", False
+        return 200, {}, b"", False
+
+    def _record(self, request: ReceivedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            if 200 <= request.status < 300 and request.records:
+                self._records.extend(request.records)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 32
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], receiver: HttpReceiver
+    ) -> None:
+        self.receiver = receiver
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Failed TLS handshakes (the untrusted-certificate tests) and clients hanging up are expected here.
+        pass
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body go out in two writes; don't let them wait on delayed ACKs
+    server_version = "o365collector-test-receiver"
+
+    @property
+    def receiver(self) -> HttpReceiver:
+        return cast(_Server, self.server).receiver
+
+    def setup(self) -> None:
+        receiver = self.receiver
+        # Bounds the TLS handshake and idle keep-alive waits (the TLS socket inherits the timeout).
+        self.request.settimeout(receiver.timeout)
+        if receiver._tls is not None:
+            self.request = receiver._tls.wrap_socket(self.request, server_side=True)
+        with receiver._lock:
+            receiver._connections.add(self.request)
+        super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.receiver._lock:
+                self.receiver._connections.discard(self.request)
+            if self.receiver._tls is not None:
+                with contextlib.suppress(OSError):
+                    self.request.close()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        receiver = self.receiver
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        # Bodies this receiver will not read are refused and the connection closed (the unread bytes
+        # would otherwise be taken for the next request).
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self._recorded(b"", b"", None, 411, b"chunked bodies are not supported", close=True)
+            return
+        length_text = headers.get("content-length") or "0"
+        length = int(length_text) if length_text.isdigit() else -1
+        if length < 0 or length > receiver.max_body_bytes:
+            self._recorded(b"", b"", None, 413 if length > 0 else 400, b"body too large or unsized", close=True)
+            return
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = _decode(raw, headers.get("content-encoding", ""), receiver.max_body_bytes)
+        except ValueError as err:
+            self._recorded(raw, raw, None, 413 if "large" in str(err) else 400, str(err).encode())
+            return
+        records = _parse_records(body, headers.get("content-type", "")) if body else []
+        status, extra, text, stall = receiver._decide(headers)
+        if status == 200 and body and records is None:
+            status, text = 400, b"body is not NDJSON or JSON"
+        if stall:
+            receiver._release.wait(receiver.timeout)
+        if status == 200:
+            text = json.dumps({"accepted": len(records or [])}).encode()
+        self._recorded(raw, body, records, status, text, extra)
+
+    def _recorded(
+        self,
+        raw: bytes,
+        body: bytes,
+        records: list[Any] | None,
+        status: int,
+        text: bytes,
+        extra: dict[str, str] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        request = ReceivedRequest(self.command, self.path, headers, raw, body, records, status, self.client_address[1])
+        self.receiver._record(request)
+        self._answer(status, extra or {}, text, close=close)
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes, *, close: bool) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json" if status == 200 else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
+    if encoding.strip().lower() != "gzip":
+        return raw
+    inflater = zlib.decompressobj(wbits=31)  # gzip framing
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as err:
+        raise ValueError(f"bad gzip body: {err}") from err
+    if len(body) > limit:
+        raise ValueError("gzip body inflates too large")
+    return body
+
+
+def _parse_records(body: bytes, content_type: str) -> list[Any] | None:
+    """Stdlib json on purpose: it reads integers of any size exactly."""
+    try:
+        if "ndjson" in content_type.lower() or "x-json-stream" in content_type.lower():
+            return [json.loads(line) for line in body.splitlines() if line.strip()]
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
+@contextlib.contextmanager
+def refusing_url(scheme: str = "http") -> Iterator[str]:
+    """A loopback URL whose port is bound but not listening: every connection attempt is refused at once."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind((HOST, 0))
+        yield f"{scheme}://{HOST}:{holder.getsockname()[1]}/ingest"
+    finally:
+        holder.close()
