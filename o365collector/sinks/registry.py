@@ -1,17 +1,35 @@
-"""``SINK_TYPE`` → the parsed settings of each configured backend."""
+"""``SINK_TYPE`` → the parsed settings of each configured backend.
+
+Sink modules are imported only when named in ``SINK_TYPE``, so a deployment that ships to Splunk
+never loads the Event Hubs SDK.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from ..envparse import Environ, get_list
 from ..errors import ConfigError
 from .base import SinkFactory, SinkSettings
-from .file import FileSinkSettings
-from .http import HttpSinkSettings
 
-SINK_TYPES: dict[str, SinkFactory] = {
-    "http": HttpSinkSettings.from_env,
-    "file": FileSinkSettings.from_env,
+# name → "module:SettingsClass"; the class has a ``from_env(env)`` classmethod.
+SINK_TYPES: dict[str, str] = {
+    "http": "http:HttpSinkSettings",
+    "file": "file:FileSinkSettings",
+    "splunk": "splunk:SplunkSinkSettings",
+    "elasticsearch": "elasticsearch:ElasticsearchSinkSettings",
+    "loganalytics": "loganalytics:LogAnalyticsSinkSettings",
+    "blob": "blob:BlobSinkSettings",
+    "eventhub": "eventhub:EventHubSinkSettings",
+    "syslog": "syslog:SyslogSinkSettings",
 }
+
+
+def sink_factory(name: str) -> SinkFactory:
+    module_name, class_name = SINK_TYPES[name].split(":")
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    factory: SinkFactory = getattr(module, class_name).from_env
+    return factory
 
 
 def parse_sink_settings(env: Environ) -> tuple[SinkSettings, ...]:
@@ -21,10 +39,10 @@ def parse_sink_settings(env: Environ) -> tuple[SinkSettings, ...]:
         raise ConfigError("SINK_TYPE", f"is required (one of {', '.join(SINK_TYPES)}; a comma list fans out)")
     parsed: list[SinkSettings] = []
     for name in names:
-        factory = SINK_TYPES.get(name.lower())
-        if factory is None:
+        key = name.lower()
+        if key not in SINK_TYPES:
             raise ConfigError("SINK_TYPE", f"unknown sink {name!r} (expected one of {', '.join(SINK_TYPES)})")
-        if any(existing.name == name.lower() for existing in parsed):
+        if any(existing.name == key for existing in parsed):
             raise ConfigError("SINK_TYPE", f"sink {name!r} is listed twice")
-        parsed.append(factory(env))
+        parsed.append(sink_factory(key)(env))
     return tuple(parsed)

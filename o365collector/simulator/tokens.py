@@ -1,0 +1,235 @@
+"""The Entra ID (AAD) token endpoint, as far as MSAL's client-credentials flow needs it.
+
+With ``disable_instance_discovery=True`` MSAL makes two calls (offline-tooling.md §5):
+``GET /{tenant}/v2.0/.well-known/openid-configuration`` and ``POST /{tenant}/oauth2/v2.0/token``.
+Errors use Entra's OAuth shape and its AADSTS codes, so the collector's error handling meets the
+messages an operator would see. Issued tokens are JWT-shaped (the signature is an HMAC, not RS256;
+nothing verifies it) and remembered, so the feed can refuse unknown or expired ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .store import Store, is_guid
+from .times import Clock
+from .wire import Response, json_response
+
+# API hosts per Microsoft 365 cloud ([REF] §1.6); the scope is the host + "/.default".
+MANAGE_HOSTS = frozenset(
+    {"manage.office.com", "manage-gcc.office.com", "manage.office365.us", "manage.protection.apps.mil"}
+)
+_RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    tenant_id: str
+    client_id: str
+    roles: tuple[str, ...]
+    audience: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokenService:
+    def __init__(self, store: Store, clock: Clock, lifetime: dt.timedelta) -> None:
+        self._store = store
+        self._clock = clock
+        self._lifetime = lifetime
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._tokens: dict[str, IssuedToken] = {}
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    def openid_configuration(self, base_url: str, tenant: str) -> Response:
+        if self._store.tenant(tenant) is None:
+            return self._error(400, "invalid_tenant", 90002, self._tenant_not_found(tenant))
+        root = f"{base_url}/{tenant}"
+        return json_response(
+            200,
+            {
+                "token_endpoint": f"{root}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base_url}/{tenant}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"{root}/v2.0",
+                "authorization_endpoint": f"{root}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{root}/oauth2/v2.0/devicecode",
+                "end_session_endpoint": f"{root}/oauth2/v2.0/logout",
+                "tenant_region_scope": "EU",
+            },
+        )
+
+    def token(self, tenant: str, body: bytes) -> tuple[Response, IssuedToken | None]:
+        """Answer a token request; the issued token (if any) is returned for the stats."""
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        state = self._store.tenant(tenant)
+        if state is None:
+            return self._error(400, "invalid_request", 90002, self._tenant_not_found(tenant)), None
+        if form.get("grant_type") != "client_credentials":
+            grant = form.get("grant_type", "")
+            message = f"The provided value for the 'grant_type' parameter ('{grant}') is not supported."
+            return self._error(400, "unsupported_grant_type", 70003, message), None
+        client_id = form.get("client_id", "")
+        if not client_id:
+            message = "The request body must contain the following parameter: 'client_id'."
+            return self._error(400, "invalid_request", 900144, message), None
+        spec = state.spec
+        if client_id.lower() != spec.client_id.lower():
+            message = (
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen "
+                "if the application has not been installed by the administrator of the tenant or consented to by any "
+                "user in the tenant. You may have sent your authentication request to the wrong tenant."
+            )
+            return self._error(400, "unauthorized_client", 700016, message), None
+        secret = form.get("client_secret")
+        if not secret:
+            message = "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."
+            return self._error(401, "invalid_client", 7000216, message), None
+        if not hmac.compare_digest(secret.encode(), spec.client_secret.encode()):
+            message = (
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
+                f"value, not the client secret ID, for a secret added to app '{spec.client_id}'."
+            )
+            return self._error(401, "invalid_client", 7000215, message), None
+        audience = self._audience(form.get("scope", ""))
+        if audience is None:
+            message = (
+                f"The provided value for scope {form.get('scope', '')} is not valid. Client credential flows must have "
+                "a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            )
+            return self._error(400, "invalid_scope", 1002012, message), None
+        if not audience:
+            message = (
+                f"The resource principal named {form.get('scope', '')} was not found in the tenant named {tenant}. "
+                "This can happen if the application has not been installed by the administrator of the tenant."
+            )
+            return self._error(400, "invalid_resource", 500011, message), None
+        now = self._clock()
+        issued = IssuedToken(spec.tenant_id, spec.client_id, spec.roles, audience, now, now + self._lifetime)
+        access_token = self._encode(issued)
+        with self._lock:
+            self._tokens[access_token] = issued
+        seconds = int(self._lifetime.total_seconds())
+        payload = {
+            "token_type": "Bearer",
+            "expires_in": seconds,
+            "ext_expires_in": seconds,
+            "access_token": access_token,
+        }
+        return json_response(200, payload), issued
+
+    # -- used by the feed -----------------------------------------------------------------------
+
+    def validate(self, authorization: str | None) -> IssuedToken | None:
+        """The token behind an ``Authorization: Bearer …`` header, or None if missing/unknown/expired."""
+        if not authorization:
+            return None
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            return None
+        with self._lock:
+            issued = self._tokens.get(value.strip())
+        if issued is None or self._clock() >= issued.expires_at:
+            return None
+        return issued
+
+    def revoke_all(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audience(scope: str) -> str | None:
+        """``https://manage.office.com`` for its ``/.default`` scope; "" for another resource; None if malformed."""
+        scopes = [s for s in scope.split() if s.lower() not in _RESERVED_SCOPES]
+        if len(scopes) != 1 or not scopes[0].lower().endswith("/.default"):
+            return None
+        resource = scopes[0][: -len("/.default")].rstrip("/")
+        host = resource.lower().removeprefix("https://")
+        return f"https://{host}" if host in MANAGE_HOSTS else ""
+
+    def _encode(self, issued: IssuedToken) -> str:
+        tid = issued.tenant_id
+        header = {"typ": "JWT", "alg": "RS256", "kid": "o365collector-simulator"}
+        iat = int(issued.issued_at.timestamp())
+        claims = {
+            "aud": issued.audience,
+            "iss": f"https://sts.windows.net/{tid}/",
+            "iat": iat,
+            "nbf": iat,
+            "exp": int(issued.expires_at.timestamp()),
+            "appid": issued.client_id,
+            "appidacr": "1",
+            "idp": f"https://sts.windows.net/{tid}/",
+            "idtyp": "app",
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{issued.client_id}")),
+            "roles": list(issued.roles),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{issued.client_id}")),
+            "tid": tid,
+            "uti": _b64url(secrets.token_bytes(16)),
+            "ver": "1.0",
+        }
+        signing_input = f"{_b64url(orjson.dumps(header))}.{_b64url(orjson.dumps(claims))}"
+        signature = hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64url(signature)}"
+
+    @staticmethod
+    def _tenant_not_found(tenant: str) -> str:
+        what = "Tenant" if is_guid(tenant) else "Tenant identifier"
+        return (
+            f"{what} '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the "
+            "correct cloud. Check with your subscription administrator, this may happen if there are no active "
+            "subscriptions for the tenant."
+        )
+
+    def _error(self, status: int, error: str, code: int, message: str) -> Response:
+        now = self._clock()
+        trace, correlation = uuid.uuid4(), uuid.uuid4()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+        payload: dict[str, Any] = {
+            "error": error,
+            "error_description": f"AADSTS{code}: {message} Trace ID: {trace} Correlation ID: {correlation} "
+            f"Timestamp: {stamp}",
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": str(trace),
+            "correlation_id": str(correlation),
+        }
+        return json_response(status, payload)
+
+
+def match(segments: list[str]) -> tuple[str, str] | None:
+    """``("openid" | "token", tenant)`` for the two Entra paths MSAL calls, else None."""
+    tail = [s.lower() for s in segments[1:]]
+    if len(segments) == 4 and tail == ["v2.0", ".well-known", "openid-configuration"]:
+        return "openid", segments[0]
+    if len(segments) == 4 and tail == ["oauth2", "v2.0", "token"]:
+        return "token", segments[0]
+    return None
