@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
-from azure.identity import ClientSecretCredential
+from azure.identity import CertificateCredential, ClientSecretCredential
 
-from .config import TenantConfig
+from .config import CertificateCredentialConfig, TenantConfig
 from .errors import ApiPermanentError, ApiTransientError
 
 # What the AADSTS codes azure-identity reports mean for the admin.
@@ -31,6 +31,14 @@ AADSTS_HINTS: dict[str, str] = {
 
 def build_credential(tenant: TenantConfig) -> TokenCredential:
     cred = tenant.credential
+    if isinstance(cred, CertificateCredentialConfig):
+        return CertificateCredential(
+            tenant.tenant_id,
+            cred.client_id,
+            cred.certificate_path,
+            authority=tenant.authority_host,
+            disable_instance_discovery=not tenant.authority_is_microsoft,
+        )
     return ClientSecretCredential(
         tenant.tenant_id,
         cred.client_id,

@@ -4,6 +4,7 @@
                    when everything listed was shipped (a summary says what failed otherwise)
 - ``run``          the same in a loop, for a VM or a container
 - ``subscriptions list|start|stop``   the tenant's Management Activity API subscriptions
+- ``tenants list|add|remove|disable|enable``   the tenant registry of a many-tenant deployment
 - ``simulate``     a local Management Activity API (HTTPS) with generated audit data
 - ``demo``         Azurite + simulator + collector + file sink, no Azure account needed
 """
@@ -169,7 +170,7 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     collector = Collector(settings, sinks=[])
     status = 0
-    for tenant in settings.tenants:
+    for tenant in collector.tenants():
         api = collector.api(tenant.tenant_id)
         types = args.content_type or list(tenant.content_types)
         try:
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="serve a local Management Activity API with generated data")
     add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
+
+    from . import tenants_cli
+
+    tenants = commands.add_parser("tenants", help="manage the Table Storage tenant registry (O365_TENANT_TABLE)")
+    tenants_cli.add_arguments(tenants)
+    tenants.set_defaults(func=tenants_cli.run)
 
     demo = commands.add_parser("demo", help="a complete local run: Azurite + simulator + collector + file sink")
     demo.add_argument("--days", type=float, default=2.0, help="days of simulated history to collect")

@@ -62,8 +62,16 @@ class ClientSecretCredentialConfig:
     kind: str = "client_secret"
 
 
-# Certificates and managed identity (federated credentials) will be further members of this union.
-CredentialConfig = ClientSecretCredentialConfig
+@dataclass(frozen=True, slots=True)
+class CertificateCredentialConfig:
+    """App registration with a certificate: a PEM file holding the private key and the certificate."""
+
+    client_id: str
+    certificate_path: str
+    kind: str = "certificate"
+
+
+CredentialConfig = ClientSecretCredentialConfig | CertificateCredentialConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,10 @@ class TenantConfig:
     publisher_id: str
     content_types: tuple[str, ...]
     start_time: dt.datetime | None
+    enabled: bool = True
+    sinks: tuple[str, ...] | None = None
+    """Names of the configured sinks this tenant's records go to (None: all of them)."""
+    name: str | None = None
 
     @property
     def token_scope(self) -> str:
@@ -132,6 +144,9 @@ class HttpPolicy:
     max_attempts: int = 6
     max_retry_seconds: float = 120.0
     backoff_seconds: float = 1.0
+    # The API allows 2,000 requests per minute per tenant (more for large tenants); keep a margin for
+    # other tools of the tenant's that use the same publisher quota.
+    max_requests_per_minute: float = 1500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,14 +181,25 @@ class Settings:
         # The Functions host's naming rule for poison queues.
         return self.content_queue + "-poison"
 
+    tenant_table: str | None = None
+    """When set, tenants are read from this Table Storage registry at run time (large fleets)."""
+    list_concurrency: int = 8
+
     @classmethod
     def from_env(cls, env: Environ) -> Settings:
         from .sinks.registry import parse_sink_settings  # the sinks import envparse, not config
+        from .tenants import tenants_from_env
 
+        sinks = parse_sink_settings(env)
+        tenant_table = get_str(env, "O365_TENANT_TABLE")
+        if tenant_table is not None:
+            tenant_table = _table_name(env, "O365_TENANT_TABLE", tenant_table)
         return cls(
-            tenants=(tenant_from_env(env),),
+            tenants=tenants_from_env(env, sink_names=tuple(s.name for s in sinks)),
+            tenant_table=tenant_table,
+            list_concurrency=get_int(env, "O365_LIST_CONCURRENCY", 8, minimum=1, maximum=64),
             storage=storage_from_env(env),
-            sinks=parse_sink_settings(env),
+            sinks=sinks,
             content_queue=_queue_name(env, "O365_CONTENT_QUEUE", DEFAULT_QUEUE),
             checkpoint_table=_table_name(env, "O365_CHECKPOINT_TABLE", DEFAULT_CHECKPOINT_TABLE),
             ledger_table=_table_name(env, "O365_LEDGER_TABLE", DEFAULT_LEDGER_TABLE),
@@ -183,6 +209,7 @@ class Settings:
                 max_attempts=get_int(env, "O365_RETRY_MAX_ATTEMPTS", 6, minimum=1, maximum=20),
                 max_retry_seconds=get_float(env, "O365_RETRY_MAX_SECONDS", 120.0),
                 backoff_seconds=get_float(env, "O365_RETRY_BACKOFF_SECONDS", 1.0),
+                max_requests_per_minute=get_float(env, "O365_MAX_REQUESTS_PER_MINUTE", 1500.0, minimum=1.0),
             ),
             queue_runner=QueueRunnerConfig(
                 visibility_timeout=dt.timedelta(

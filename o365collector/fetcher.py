@@ -49,13 +49,13 @@ class Fetcher:
         self,
         *,
         ledger: Ledger,
-        sinks: Sequence[Sink],
+        sinks_for_tenant: Callable[[str], Sequence[Sink]],
         api_for_tenant: Callable[[str], ManagementApiClient],
         claim_lease: dt.timedelta,
         clock: Callable[[], dt.datetime],
     ) -> None:
         self._ledger = ledger
-        self._sinks = sinks
+        self._sinks_for_tenant = sinks_for_tenant
         self._api_for_tenant = api_for_tenant
         self._lease = claim_lease
         self._clock = clock
@@ -84,7 +84,7 @@ class Fetcher:
 
         context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
         try:
-            for sink in self._sinks:
+            for sink in self._sinks_for_tenant(task.tenant_id):
                 sink.send(records, context)
         except Exception as err:
             self._ledger.release(claim, f"{type(err).__name__}: {err}")

@@ -18,17 +18,19 @@ from typing import Protocol
 
 import orjson
 
-from .checkpoints import CheckpointConflictError, CheckpointStore
+from .checkpoints import Checkpoint, CheckpointConflictError, CheckpointStore
 from .config import CollectionPolicy, TenantConfig
 from .errors import CollectorError
 from .management_api import ManagementApiClient
-from .models import FetchTask
+from .models import FetchTask, TimeWindow
+from .scheduler import run_fairly
 from .windows import lag, plan_windows
 
 log = logging.getLogger(__name__)
 
 SUMMARY_MESSAGE = "lister run complete"
 FAILED_MESSAGE = "lister run failed"
+RUN_SUMMARY_MESSAGE = "lister run summary"
 
 
 class TaskQueue(Protocol):
@@ -90,7 +92,24 @@ class ListerResult:
         return sum(s.windows_left for s in self.streams)
 
 
+class _StreamTask:
+    """One tenant/content type's progress through a run: its checkpoint, windows and result."""
+
+    def __init__(self, tenant: TenantConfig, content_type: str) -> None:
+        self.tenant = tenant
+        self.result = StreamResult(tenant.tenant_id, content_type)
+        self.checkpoint: Checkpoint | None = None
+        self.windows: tuple[TimeWindow, ...] | None = None
+        self.next_window = 0
+
+    @property
+    def key(self) -> str:
+        return self.tenant.tenant_id
+
+
 class Lister:
+    """Lists every tenant's content types on a bounded pool, one window per step, fairly."""
+
     def __init__(
         self,
         *,
@@ -102,6 +121,8 @@ class Lister:
         clock: Callable[[], dt.datetime],
         monotonic: Callable[[], float] = time.monotonic,
         on_window: Callable[[StreamResult], None] | None = None,
+        concurrency: int = 1,
+        per_tenant_concurrency: int = 2,
     ) -> None:
         self._tenants = tenants
         self._policy = policy
@@ -111,71 +132,129 @@ class Lister:
         self._clock = clock
         self._monotonic = monotonic
         self._on_window = on_window
+        self._concurrency = concurrency
+        self._per_tenant = per_tenant_concurrency
+        self._broken: dict[str, CollectorError] = {}
+        self._deadline = 0.0
 
     def run(self) -> ListerResult:
-        deadline = self._monotonic() + self._policy.list_budget.total_seconds()
-        result = ListerResult()
-        for tenant in self._tenants:
-            for content_type in tenant.content_types:
-                stream = StreamResult(tenant.tenant_id, content_type)
-                result.streams.append(stream)
-                self._run_stream(tenant, stream, deadline)
+        started = self._monotonic()
+        self._deadline = started + self._policy.list_budget.total_seconds()
+        self._broken = {}
+        # Content type major, tenant minor: the first steps touch every tenant once before any tenant twice.
+        width = max((len(t.content_types) for t in self._tenants), default=0)
+        tasks = [
+            _StreamTask(tenant, tenant.content_types[i])
+            for i in range(width)
+            for tenant in self._tenants
+            if i < len(tenant.content_types)
+        ]
+        run_fairly(tasks, self._step, workers=self._concurrency, per_key_limit=self._per_tenant)
+        result = ListerResult([t.result for t in tasks])
+        log.info(
+            "%s %s",
+            RUN_SUMMARY_MESSAGE,
+            orjson.dumps(
+                {
+                    "tenants": len(self._tenants),
+                    "streams": len(tasks),
+                    "failed": sum(1 for s in result.streams if not s.ok),
+                    "windows": sum(s.windows for s in result.streams),
+                    "windows_left": result.windows_left,
+                    "blobs_enqueued": result.blobs_enqueued,
+                    "throttled": sum(s.throttled for s in result.streams),
+                    "seconds": round(self._monotonic() - started, 2),
+                }
+            ).decode(),
+        )
         return result
 
-    def _run_stream(self, tenant: TenantConfig, stream: StreamResult, deadline: float) -> None:
-        fields = {"tenant_id": tenant.tenant_id, "content_type": stream.content_type}
-        api: ManagementApiClient | None = None
-        throttled_before = 0
+    def _step(self, task: _StreamTask) -> bool:
+        """Plan (first step) or list one window. True while the stream has more to do in this run."""
+        stream = task.result
+        fields = {"tenant_id": task.tenant.tenant_id, "content_type": stream.content_type}
+        more = False
         try:
-            api = self._api_for_tenant(tenant.tenant_id)
-            throttled_before = api.stats.throttled
-            checkpoint = self._checkpoints.get(tenant.tenant_id, stream.content_type)
-            stream.cursor = checkpoint.cursor
-            plan = plan_windows(
-                cursor=checkpoint.cursor, now=self._clock(), policy=self._policy, start_time=tenant.start_time
-            )
-            if plan.lost is not None:
-                stream.lost_from, stream.lost_to = plan.lost.start, plan.lost.end
-                log.error(
-                    "content created %s .. %s can no longer be listed (collection was stopped longer than the "
-                    "API's 7-day retention); resuming at the retention edge",
-                    plan.lost.start.isoformat(),
-                    plan.lost.end.isoformat(),
-                    extra=fields,
-                )
-            if plan.future_cursor:
-                log.warning("checkpoint %s is in the future; treated as now", checkpoint.cursor, extra=fields)
-            for index, window in enumerate(plan.windows):
-                if self._monotonic() >= deadline:
-                    stream.windows_left = len(plan.windows) - index
-                    break
-                recent = checkpoint.recent.copy()
-                for blob in api.list_content(stream.content_type, window):
-                    stream.blobs_listed += 1
-                    if blob.content_id in recent:
-                        stream.blobs_already_queued += 1
-                        continue
-                    self._queue.send_message(FetchTask.for_blob(tenant.tenant_id, blob).to_message())
-                    recent.add(blob.content_id, blob.content_created)
-                    stream.blobs_enqueued += 1
-                recent.prune(window.end - self._policy.overlap)
-                checkpoint = self._checkpoints.advance(checkpoint, window.end, recent, self._clock())
-                stream.cursor = checkpoint.cursor
-                stream.windows += 1
-                if self._on_window is not None:
-                    self._on_window(stream)
+            broken = self._broken.get(task.tenant.tenant_id)
+            if broken is not None:
+                raise broken
+            api = self._api_for_tenant(task.tenant.tenant_id)
+            with api.counting() as counter:
+                try:
+                    if task.windows is None:
+                        self._plan(task, fields)
+                    elif self._monotonic() >= self._deadline:
+                        stream.windows_left = len(task.windows) - task.next_window
+                    else:
+                        self._list_window(task, api)
+                    more = task.windows is not None and task.next_window < len(task.windows) and not stream.windows_left
+                finally:
+                    stream.throttled += counter.throttled
         except CheckpointConflictError as err:
             log.warning("%s; leaving this stream to that run", err, extra=fields)
         except CollectorError as err:
             stream.error, stream.error_code = str(err), getattr(err, "code", None)
+            if _is_credential_error(err):
+                # Every stream of this tenant would fail the same way: report it once per stream, call once.
+                self._broken.setdefault(task.tenant.tenant_id, err)
         except Exception as err:  # storage or an unexpected fault: report it, keep the other streams going
             log.exception("unexpected failure listing %s", stream.content_type, extra=fields)
             stream.error = f"{type(err).__name__}: {err}"
-        finally:
-            if api is not None:
-                stream.throttled = api.stats.throttled - throttled_before
-            age = lag(stream.cursor, self._clock())
-            stream.lag_seconds = round(age.total_seconds(), 1) if age is not None else None
-            message = SUMMARY_MESSAGE if stream.ok else FAILED_MESSAGE
-            level = logging.INFO if stream.ok else logging.ERROR
-            log.log(level, "%s %s", message, orjson.dumps(stream.summary()).decode(), extra=fields)
+        if not more:
+            self._finish(task, fields)
+        return more
+
+    def _plan(self, task: _StreamTask, fields: dict[str, str]) -> None:
+        stream = task.result
+        checkpoint = self._checkpoints.get(task.tenant.tenant_id, stream.content_type)
+        task.checkpoint = checkpoint
+        stream.cursor = checkpoint.cursor
+        plan = plan_windows(
+            cursor=checkpoint.cursor, now=self._clock(), policy=self._policy, start_time=task.tenant.start_time
+        )
+        if plan.lost is not None:
+            stream.lost_from, stream.lost_to = plan.lost.start, plan.lost.end
+            log.error(
+                "content created %s .. %s can no longer be listed (collection was stopped longer than the "
+                "API's 7-day retention); resuming at the retention edge",
+                plan.lost.start.isoformat(),
+                plan.lost.end.isoformat(),
+                extra=fields,
+            )
+        if plan.future_cursor:
+            log.warning("checkpoint %s is in the future; treated as now", checkpoint.cursor, extra=fields)
+        task.windows = plan.windows
+
+    def _list_window(self, task: _StreamTask, api: ManagementApiClient) -> None:
+        assert task.windows is not None and task.checkpoint is not None
+        stream = task.result
+        window = task.windows[task.next_window]
+        recent = task.checkpoint.recent.copy()
+        for blob in api.list_content(stream.content_type, window):
+            stream.blobs_listed += 1
+            if blob.content_id in recent:
+                stream.blobs_already_queued += 1
+                continue
+            self._queue.send_message(FetchTask.for_blob(task.tenant.tenant_id, blob).to_message())
+            recent.add(blob.content_id, blob.content_created)
+            stream.blobs_enqueued += 1
+        recent.prune(window.end - self._policy.overlap)
+        task.checkpoint = self._checkpoints.advance(task.checkpoint, window.end, recent, self._clock())
+        stream.cursor = task.checkpoint.cursor
+        stream.windows += 1
+        task.next_window += 1
+        if self._on_window is not None:
+            self._on_window(stream)
+
+    def _finish(self, task: _StreamTask, fields: dict[str, str]) -> None:
+        stream = task.result
+        age = lag(stream.cursor, self._clock())
+        stream.lag_seconds = round(age.total_seconds(), 1) if age is not None else None
+        message = SUMMARY_MESSAGE if stream.ok else FAILED_MESSAGE
+        level = logging.INFO if stream.ok else logging.ERROR
+        log.log(level, "%s %s", message, orjson.dumps(stream.summary()).decode(), extra=fields)
+
+
+def _is_credential_error(err: CollectorError) -> bool:
+    code = getattr(err, "code", None) or ""
+    return code.startswith("AADSTS") or code in {"AF10001", "AF20010", "AF20011", "AF20013"}

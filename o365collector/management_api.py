@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
@@ -35,6 +37,7 @@ from .errors import (
     UntrustedUrlError,
 )
 from .models import ContentBlob, Record, TimeWindow, format_api_time
+from .ratelimit import RateLimiter
 from .retry import RetryPolicy, parse_retry_after, retrying
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,7 @@ _TRANSIENT_CODES = frozenset({"AF429", "AF50000", "AF50005", "AF50006", "AF20031
 
 @dataclass
 class ApiStats:
-    """Counters for the run summary."""
+    """Counters for the run summary (per client, i.e. per tenant; a thread may also count its own share)."""
 
     requests: int = 0
     throttled: int = 0
@@ -143,6 +146,27 @@ class ManagementApiClient:
         api = urlparse(tenant.api_url)
         self._api_scheme, self._api_netloc = api.scheme, api.netloc
         self.stats = ApiStats()
+        self._stats_lock = threading.Lock()
+        self._local = threading.local()
+        # The API's quota is per tenant (2,000 requests/min baseline): pace below it, with a margin.
+        self._limiter = RateLimiter(self._policy.max_requests_per_minute / 60.0, sleep=sleep)
+
+    @contextmanager
+    def counting(self) -> Iterator[ApiStats]:
+        """Counts this thread's requests separately (several streams of one tenant share the client)."""
+        mine = ApiStats()
+        self._local.stats = mine
+        try:
+            yield mine
+        finally:
+            self._local.stats = None
+
+    def _count(self, field: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+        mine: ApiStats | None = getattr(self._local, "stats", None)
+        if mine is not None:
+            setattr(mine, field, getattr(mine, field) + 1)
 
     # -- listing ---------------------------------------------------------------------------
     def list_content(self, content_type: str, window: TimeWindow) -> Iterator[ContentBlob]:
@@ -226,7 +250,8 @@ class ManagementApiClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if method == "POST":
             headers["Content-Type"] = "application/json; utf-8"
-        self.stats.requests += 1
+        self._limiter.acquire()
+        self._count("requests")
         try:
             response = self._session.request(
                 method,
@@ -241,11 +266,11 @@ class ManagementApiClient:
             return response
         error = classify_response(response.status_code, response.content, response.headers, self.tenant.tenant_id, what)
         if isinstance(error, ApiTransientError) and error.throttled:
-            self.stats.throttled += 1
+            self._count("throttled")
         raise error
 
     def _count_retry(self, _error: BaseException) -> None:
-        self.stats.retries += 1
+        self._count("retries")
 
     def _trusted(self, url: str, url_kind: str) -> str:
         """The URL with PublisherIdentifier added, if it points at the configured API host; else refuse."""

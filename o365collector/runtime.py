@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from .checkpoints import CheckpointStore, Ledger
-from .config import Settings
+from .config import Settings, TenantConfig
 from .errors import CollectorError, ConfigError
 from .fetcher import Fetcher, FetchResult
 from .lister import Lister, ListerResult, StreamResult
@@ -23,6 +23,7 @@ from .models import FetchTask
 from .queue_runner import POISONED_MESSAGE
 from .sinks.base import Sink
 from .storage import StorageClients, ensure_queue, ensure_table
+from .tenants import TableTenantRegistry
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ class Collector:
         clock: Callable[[], dt.datetime] = utc_now,
         storage: StorageClients | None = None,
         sinks: list[Sink] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # Registry entries may reference app settings (secrets) by name: resolved against these.
+        self._environ: Mapping[str, str] = environ if environ is not None else os.environ
         self.clock = clock
         storage = storage or StorageClients(settings.storage)
         self.queue = storage.queue(settings.content_queue)
@@ -61,8 +65,29 @@ class Collector:
         self.ledger = Ledger(self._ledger_table)
         self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
         self._tenants = {t.tenant_id: t for t in settings.tenants}
+        self._registry = TableTenantRegistry(storage.table(settings.tenant_table)) if settings.tenant_table else None
         self._apis: dict[str, ManagementApiClient] = {}
         self._lock = threading.Lock()
+
+    def tenants(self, *, refresh: bool = True) -> tuple[TenantConfig, ...]:
+        """The tenants to collect; a table registry is re-read so added or disabled tenants take effect."""
+        if self._registry is not None and refresh:
+            loaded = self._registry.load(self._environ, sink_names=tuple(s.name for s in self.settings.sinks))
+            with self._lock:
+                for tenant_id in [t for t in self._tenants if t not in {x.tenant_id for x in loaded}]:
+                    self._apis.pop(tenant_id, None)
+                for tenant in loaded:
+                    if self._tenants.get(tenant.tenant_id) != tenant:
+                        self._apis.pop(tenant.tenant_id, None)  # credentials or cloud changed
+                self._tenants = {t.tenant_id: t for t in loaded}
+        return tuple(self._tenants.values())
+
+    def sinks_for(self, tenant_id: str) -> list[Sink]:
+        """The sinks a tenant's records go to: all, or the entry's ``sinks`` subset."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None or tenant.sinks is None:
+            return self.sinks
+        return [sink for sink in self.sinks if sink.name in tenant.sinks]
 
     def ensure_resources(self) -> None:
         """Create the queues and tables if missing (idempotent; the template creates them in Azure)."""
@@ -70,8 +95,16 @@ class Collector:
         ensure_queue(self.poison_queue)
         ensure_table(self._checkpoint_table)
         ensure_table(self._ledger_table)
+        if self._registry is not None:
+            self._registry.ensure_table()
 
     def api(self, tenant_id: str) -> ManagementApiClient:
+        with self._lock:
+            client = self._apis.get(tenant_id)
+            if client is not None:
+                return client
+        if tenant_id not in self._tenants and self._registry is not None:
+            self.tenants()  # a tenant added since the last listing run
         with self._lock:
             client = self._apis.get(tenant_id)
             if client is None:
@@ -84,7 +117,8 @@ class Collector:
 
     def lister(self, on_window: Callable[[StreamResult], None] | None = None) -> Lister:
         return Lister(
-            tenants=self.settings.tenants,
+            tenants=self.tenants(),
+            concurrency=self.settings.list_concurrency,
             policy=self.settings.policy,
             api_for_tenant=self.api,
             checkpoints=self.checkpoints,
@@ -96,7 +130,7 @@ class Collector:
     def fetcher(self) -> Fetcher:
         return Fetcher(
             ledger=self.ledger,
-            sinks=self.sinks,
+            sinks_for_tenant=self.sinks_for,
             api_for_tenant=self.api,
             claim_lease=self.settings.policy.claim_lease,
             clock=self.clock,
@@ -123,7 +157,8 @@ def collector(environ: Mapping[str, str] | None = None) -> Collector:
     with _collector_lock:
         if _collector is None:
             quiet_sdk_loggers()
-            built = Collector(Settings.from_env(os.environ if environ is None else environ))
+            env = os.environ if environ is None else environ
+            built = Collector(Settings.from_env(env), environ=env)
             built.ensure_resources()
             _collector = built
         return _collector

@@ -1,0 +1,235 @@
+"""The tenant registry: which Microsoft 365 tenants one deployment collects, with which credentials.
+
+Three sources, one shape (``TenantConfig``):
+
+1. ``O365_TENANTS``: a JSON array of entries, for a handful to a few dozen tenants;
+2. ``O365_TENANT_TABLE``: a Table Storage table of entries (managed with ``python -m o365collector
+   tenants ...``), read at the start of every run, for hundreds of tenants;
+3. neither: the single-tenant ``O365_TENANT_ID`` / ``O365_CLIENT_ID`` / ``O365_CLIENT_SECRET`` settings,
+   a one-entry registry.
+
+An entry (JSON keys, or table columns of the same names)::
+
+    {"tenantId": "<guid>", "name": "Contoso", "cloud": "Enterprise",
+     "clientId": "<guid>",                      # default: O365_CLIENT_ID (one multi-tenant app)
+     "credential": "shared",                    # O365_CLIENT_SECRET / O365_CLIENT_CERTIFICATE_PATH of that app
+                 | "setting:CONTOSO_SECRET"     # an app setting holding this tenant's client secret
+                                                #   (in Azure: a Key Vault reference)
+                 | "certificate:/path/key.pem", # a PEM with private key and certificate
+     "contentTypes": ["Audit.Exchange", "DLP.All"], "startTime": "2026-11-01T00:00:00Z",
+     "sinks": ["splunk"], "enabled": true, "publisherId": "<guid>"}
+
+Secrets are never stored in the registry, only references to where they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from .config import (
+    CLOUDS,
+    CertificateCredentialConfig,
+    ClientSecretCredentialConfig,
+    CredentialConfig,
+    TenantConfig,
+    content_types_from_env,
+    tenant_from_env,
+)
+from .envparse import Environ, get_datetime, get_https_url, get_secret, get_str, parse_guid
+from .errors import ConfigError
+from .models import CONTENT_TYPES
+
+ENTRY_KEYS = frozenset(
+    {"tenantId", "name", "cloud", "clientId", "credential", "contentTypes", "startTime", "sinks", "enabled", "publisherId"}
+)
+
+
+def tenants_from_env(env: Environ, *, sink_names: tuple[str, ...]) -> tuple[TenantConfig, ...]:
+    """The tenants named by the settings; empty when they live in a table (read at run time)."""
+    listed = get_str(env, "O365_TENANTS")
+    if listed is not None and get_str(env, "O365_TENANT_TABLE") is not None:
+        raise ConfigError("O365_TENANTS", "set either O365_TENANTS or O365_TENANT_TABLE, not both")
+    if get_str(env, "O365_TENANT_TABLE") is not None:
+        return ()
+    if listed is None:
+        return (tenant_from_env(env),)
+    try:
+        entries = orjson.loads(listed)
+    except orjson.JSONDecodeError as err:
+        raise ConfigError("O365_TENANTS", f"is not valid JSON: {err}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("O365_TENANTS", "must be a non-empty JSON array of tenant entries")
+    tenants = [tenant_from_entry(entry, env, f"O365_TENANTS[{i}]", sink_names) for i, entry in enumerate(entries)]
+    _refuse_duplicates(tenants, "O365_TENANTS")
+    return tuple(t for t in tenants if t.enabled)
+
+
+def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[str, ...]) -> TenantConfig:
+    """Validate one registry entry; errors name the entry and field (``O365_TENANTS[2].cloud: ...``)."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(where, "must be a JSON object")
+    unknown = set(entry) - ENTRY_KEYS - {"PartitionKey", "RowKey", "Timestamp", "etag"}
+    if unknown:
+        raise ConfigError(where, f"unknown field(s) {', '.join(sorted(unknown))} (expected {', '.join(sorted(ENTRY_KEYS))})")
+    tenant_text = _text(entry, "tenantId", where)
+    if tenant_text is None:
+        raise ConfigError(f"{where}.tenantId", "is required")
+    tenant_id = parse_guid(f"{where}.tenantId", tenant_text)
+    cloud_text = _text(entry, "cloud", where) or get_str(env, "O365_CLOUD") or "Enterprise"
+    cloud = next((c for c in CLOUDS if c.lower() == cloud_text.lower()), None)
+    if cloud is None:
+        raise ConfigError(f"{where}.cloud", f"unknown value {cloud_text!r} (expected one of {', '.join(CLOUDS)})")
+    client_text = _text(entry, "clientId", where) or get_str(env, "O365_CLIENT_ID")
+    if client_text is None:
+        raise ConfigError(f"{where}.clientId", "is required (or set O365_CLIENT_ID for a shared multi-tenant app)")
+    client_id = parse_guid(f"{where}.clientId", client_text)
+    credential = _credential(_text(entry, "credential", where) or "shared", client_id, env, where)
+    content_types = _content_types(entry.get("contentTypes"), f"{where}.contentTypes")
+    start_text = _text(entry, "startTime", where)
+    start_time = get_datetime({"v": start_text}, "v") if start_text else None
+    sinks = _sinks(entry.get("sinks"), f"{where}.sinks", sink_names)
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.enabled", f"{enabled!r} is not true or false")
+    publisher = _text(entry, "publisherId", where) or get_str(env, "O365_PUBLISHER_ID")
+    return TenantConfig(
+        tenant_id=tenant_id,
+        credential=credential,
+        cloud=cloud,
+        api_url=get_https_url(env, "O365_API_URL") or CLOUDS[cloud].api_url,
+        authority_host=get_https_url(env, "O365_AUTHORITY_HOST") or CLOUDS[cloud].authority_host,
+        publisher_id=parse_guid(f"{where}.publisherId", publisher) if publisher else tenant_id,
+        content_types=content_types,
+        start_time=start_time,
+        enabled=enabled,
+        sinks=sinks,
+        name=_text(entry, "name", where),
+    )
+
+
+def _text(entry: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}", f"must be a string, not {type(value).__name__}")
+    return value.strip()
+
+
+def _credential(text: str, client_id: str, env: Environ, where: str) -> CredentialConfig:
+    kind, _, reference = text.partition(":")
+    if kind == "shared":
+        path = get_str(env, "O365_CLIENT_CERTIFICATE_PATH")
+        if path:
+            return CertificateCredentialConfig(client_id, path)
+        secret = get_secret(env, "O365_CLIENT_SECRET")
+        if secret is None:
+            raise ConfigError(
+                f"{where}.credential",
+                "'shared' needs O365_CLIENT_SECRET or O365_CLIENT_CERTIFICATE_PATH (the multi-tenant app's credential)",
+            )
+        return ClientSecretCredentialConfig(client_id, secret)
+    if kind == "setting" and reference:
+        secret = get_secret(env, reference)
+        if secret is None:
+            raise ConfigError(f"{where}.credential", f"app setting {reference!r} holding the client secret is not set")
+        return ClientSecretCredentialConfig(client_id, secret)
+    if kind == "certificate" and reference:
+        return CertificateCredentialConfig(client_id, reference)
+    raise ConfigError(
+        f"{where}.credential", f"{text!r} is not one of 'shared', 'setting:<APP_SETTING>', 'certificate:<path.pem>'"
+    )
+
+
+def _content_types(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return CONTENT_TYPES
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, str):
+        raise ConfigError(where, "must be a list or a comma-separated string of content types")
+    return content_types_from_env({where: value}, where)
+
+
+def _sinks(value: Any, where: str, sink_names: tuple[str, ...]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    unknown = [n for n in names if n not in sink_names]
+    if unknown:
+        raise ConfigError(where, f"sink(s) {', '.join(unknown)} not in SINK_TYPE ({', '.join(sink_names)})")
+    return tuple(names)
+
+
+def _refuse_duplicates(tenants: list[TenantConfig], setting: str) -> None:
+    seen: set[str] = set()
+    for tenant in tenants:
+        if tenant.tenant_id in seen:
+            raise ConfigError(setting, f"tenant {tenant.tenant_id} is listed twice")
+        seen.add(tenant.tenant_id)
+
+
+class TableTenantRegistry:
+    """Tenant entries in a table: PartitionKey ``tenant``, RowKey the tenant id, columns as the JSON keys."""
+
+    PARTITION = "tenant"
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def ensure_table(self) -> None:
+        try:
+            self._table.create_table()
+        except ResourceExistsError:
+            pass
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [self._as_entry(e) for e in self._table.query_entities(f"PartitionKey eq '{self.PARTITION}'")]
+
+    def load(self, env: Environ, *, sink_names: tuple[str, ...]) -> tuple[TenantConfig, ...]:
+        """Every enabled tenant; an invalid row raises ``ConfigError`` naming the row and field."""
+        tenants = [
+            tenant_from_entry(entry, env, f"O365_TENANT_TABLE[{entry.get('tenantId')}]", sink_names)
+            for entry in self.entries()
+        ]
+        return tuple(t for t in tenants if t.enabled)
+
+    def add(self, entry: dict[str, Any], env: Environ, *, sink_names: tuple[str, ...], replace: bool = False) -> None:
+        tenant = tenant_from_entry(entry, env, "tenant", sink_names)  # validate before storing anything
+        row = {k: v for k, v in entry.items() if v is not None}
+        for key in ("contentTypes", "sinks"):
+            if isinstance(row.get(key), list):
+                row[key] = ",".join(row[key])
+        row.update({"PartitionKey": self.PARTITION, "RowKey": tenant.tenant_id, "tenantId": tenant.tenant_id})
+        if replace:
+            self._table.upsert_entity(row, mode=UpdateMode.REPLACE)
+            return
+        try:
+            self._table.create_entity(row)
+        except ResourceExistsError:
+            raise ConfigError("tenant", f"{tenant.tenant_id} is already registered (use --replace to change it)") from None
+
+    def set_enabled(self, tenant_id: str, enabled: bool) -> None:
+        try:
+            self._table.update_entity(
+                {"PartitionKey": self.PARTITION, "RowKey": tenant_id, "enabled": enabled}, mode=UpdateMode.MERGE
+            )
+        except ResourceNotFoundError:
+            raise ConfigError("tenant", f"{tenant_id} is not registered") from None
+
+    def remove(self, tenant_id: str) -> bool:
+        try:
+            self._table.get_entity(self.PARTITION, tenant_id)
+        except ResourceNotFoundError:
+            return False
+        self._table.delete_entity(self.PARTITION, tenant_id)
+        return True
+
+    @staticmethod
+    def _as_entry(entity: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entity.items() if k in ENTRY_KEYS}
