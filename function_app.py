@@ -5,6 +5,8 @@
 - ``fetch_content`` (queue ``%O365_CONTENT_QUEUE%`` on the ``AzureWebJobsStorage`` connection):
   fetch one blob and ship its records; raising makes the host redeliver, and after
   ``maxDequeueCount`` (host.json) the message goes to the ``-poison`` queue.
+- ``health``        (HTTP GET /api/health, function key): the ``status`` report as JSON; 200 when healthy,
+  503 when offline, throttled beyond the threshold or losing data (for availability tests and uptime checkers).
 """
 
 from __future__ import annotations
@@ -29,4 +31,13 @@ def fetch_content(msg: func.QueueMessage) -> None:
         body=msg.get_body(),
         message_id=msg.id or "",
         dequeue_count=msg.dequeue_count or 1,
+    )
+
+
+@app.function_name(name="health")
+@app.route(route="health", auth_level=func.AuthLevel.FUNCTION, methods=["GET"])
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    status_code, body = runtime.health()
+    return func.HttpResponse(
+        body, status_code=status_code, mimetype="application/json", headers={"Cache-Control": "no-store"}
     )

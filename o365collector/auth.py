@@ -8,8 +8,12 @@ vouch for it. TLS trust follows ``REQUESTS_CA_BUNDLE`` like every requests-based
 
 from __future__ import annotations
 
+from typing import Any
+
+import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CertificateCredential, ClientSecretCredential
 
 from .config import CertificateCredentialConfig, TenantConfig
@@ -17,8 +21,7 @@ from .errors import ApiPermanentError, ApiTransientError
 
 # What the AADSTS codes azure-identity reports mean for the admin.
 AADSTS_HINTS: dict[str, str] = {
-    "AADSTS7000215": "the client secret is wrong: copy the secret's Value (not its ID) "
-    "into O365_CLIENT_SECRET",
+    "AADSTS7000215": "the client secret is wrong: copy the secret's Value (not its ID) into O365_CLIENT_SECRET",
     "AADSTS7000222": "the client secret has expired: create a new one in the app registration "
     "and update O365_CLIENT_SECRET",
     "AADSTS700016": "the app (O365_CLIENT_ID) is not found in the tenant: check the client id "
@@ -29,23 +32,18 @@ AADSTS_HINTS: dict[str, str] = {
 }
 
 
-def build_credential(tenant: TenantConfig) -> TokenCredential:
+def build_credential(tenant: TenantConfig, *, session: requests.Session | None = None) -> TokenCredential:
+    """The tenant's credential; ``session`` shares one connection pool among many tenants' token requests."""
     cred = tenant.credential
+    options: dict[str, Any] = {
+        "authority": tenant.authority_host,
+        "disable_instance_discovery": not tenant.authority_is_microsoft,
+    }
+    if session is not None:
+        options["transport"] = RequestsTransport(session=session, session_owner=False)
     if isinstance(cred, CertificateCredentialConfig):
-        return CertificateCredential(
-            tenant.tenant_id,
-            cred.client_id,
-            cred.certificate_path,
-            authority=tenant.authority_host,
-            disable_instance_discovery=not tenant.authority_is_microsoft,
-        )
-    return ClientSecretCredential(
-        tenant.tenant_id,
-        cred.client_id,
-        cred.client_secret.reveal(),
-        authority=tenant.authority_host,
-        disable_instance_discovery=not tenant.authority_is_microsoft,
-    )
+        return CertificateCredential(tenant.tenant_id, cred.client_id, cred.certificate_path, **options)
+    return ClientSecretCredential(tenant.tenant_id, cred.client_id, cred.client_secret.reveal(), **options)
 
 
 def explain_auth_error(err: ClientAuthenticationError) -> str:
@@ -59,9 +57,15 @@ def explain_auth_error(err: ClientAuthenticationError) -> str:
 class TokenProvider:
     """Gets bearer tokens for one tenant's API scope, turning sign-in failures into our errors."""
 
-    def __init__(self, tenant: TenantConfig, credential: TokenCredential | None = None) -> None:
+    def __init__(
+        self,
+        tenant: TenantConfig,
+        credential: TokenCredential | None = None,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
         self._scope = tenant.token_scope
-        self._credential = credential or build_credential(tenant)
+        self._credential = credential or build_credential(tenant, session=session)
 
     def get_token(self) -> str:
         try:

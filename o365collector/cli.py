@@ -4,6 +4,9 @@
                    when everything listed was shipped (a summary says what failed otherwise)
 - ``run``          the same in a loop, for a VM or a container
 - ``subscriptions list|start|stop``   the tenant's Management Activity API subscriptions
+- ``check``        diagnose settings, token, permissions, subscriptions, audit logging, clock, storage, sinks
+- ``status``       per tenant and content type: checkpoint, lag, last run and error, poisoned and expired blobs
+- ``replay-poison``   move poison-queue messages back to the content queue once the cause is fixed
 - ``tenants list|add|remove|disable|enable``   the tenant registry of a many-tenant deployment
 - ``simulate``     a local Management Activity API (HTTPS) with generated audit data
 - ``demo``         Azurite + simulator + collector + file sink, no Azure account needed
@@ -24,12 +27,15 @@ from .config import Settings
 from .errors import CollectorError
 from .fetcher import Outcome
 from .lister import ListerResult, StreamResult
+from .models import CONTENT_TYPES
 from .queue_runner import DrainResult, QueueRunner
 from .runtime import Collector, quiet_sdk_loggers
+from .telemetry import ShipTally, log_run_summary
 
 log = logging.getLogger("o365collector")
 
 PROGRESS_EVERY_SECONDS = 5.0
+SUBSCRIPTIONS_START = "python -m o365collector subscriptions start"
 MAX_LISTING_PASSES = 1000  # each pass completes at least one window; a 7-day backfill needs far fewer
 
 
@@ -73,6 +79,7 @@ def list_all(collector: Collector, progress: Progress) -> ListerResult:
     by_stream: dict[tuple[str, str], StreamResult] = {}
     for _ in range(MAX_LISTING_PASSES):
         result = collector.lister(on_window=progress.on_window).run()
+        collector.record_listing(result)
         for stream in result.streams:
             key = (stream.tenant_id, stream.content_type)
             previous = by_stream.get(key)
@@ -81,6 +88,8 @@ def list_all(collector: Collector, progress: Progress) -> ListerResult:
                 stream.blobs_enqueued += previous.blobs_enqueued
                 stream.blobs_already_queued += previous.blobs_already_queued
                 stream.windows += previous.windows
+                stream.throttled += previous.throttled
+                stream.seconds += previous.seconds
             by_stream[key] = stream
         if result.windows_left == 0 or all(s.windows == 0 for s in result.streams):
             break
@@ -93,14 +102,16 @@ def run_once(collector: Collector, *, drain_seconds: float | None = None) -> int
     progress = Progress(log)
     collector.ensure_resources()
     listed = list_all(collector, progress)
+    tally = ShipTally()
     runner = QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        tally.wrap(lambda body, message_id, _count: collector.process_message(body, message_id=message_id)),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )
     drained = runner.drain(max_seconds=drain_seconds, on_progress=progress.on_drain)
+    log_run_summary(listed, tally, time.monotonic() - started)
     return report(listed, drained, time.monotonic() - started)
 
 
@@ -113,7 +124,9 @@ def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
         f"{sum(s.blobs_listed for s in listed.streams)} blobs listed, {listed.blobs_enqueued} enqueued"
     )
     print(
-        f"shipped {drained.count(Outcome.SHIPPED)} blobs ({drained.records} records); "
+        f"shipped {drained.count(Outcome.SHIPPED)} blobs ({drained.records} records"
+        + (f", {drained.filtered} filtered out" if drained.filtered else "")
+        + "); "
         f"skipped {drained.count(Outcome.SKIPPED_DONE) + drained.count(Outcome.SKIPPED_BUSY)} already shipped; "
         f"lost at source {lost}; poisoned {drained.poisoned}; in {seconds:.1f}s"
     )
@@ -135,18 +148,21 @@ def run_forever(collector: Collector, interval: float) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     collector.ensure_resources()
+    tally = ShipTally()
     runner = QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        tally.wrap(lambda body, message_id, _count: collector.process_message(body, message_id=message_id)),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )
     while not stop["now"]:
         cycle_start = time.monotonic()
         try:
-            collector.run_lister()
+            listed = collector.run_lister()
             runner.drain(max_seconds=interval, should_stop=lambda: stop["now"])
+            log_run_summary(listed, tally, time.monotonic() - cycle_start)
+            tally.reset()
         except CollectorError as err:
             log.error("cycle failed: %s", err)
         remaining = interval - (time.monotonic() - cycle_start)
@@ -173,22 +189,43 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
     for tenant in collector.tenants():
         api = collector.api(tenant.tenant_id)
         types = args.content_type or list(tenant.content_types)
-        try:
-            if args.action == "list":
-                current = {s.get("contentType"): s.get("status") for s in api.list_subscriptions()}
-                for content_type in types:
-                    print(f"{tenant.tenant_id} {content_type}: {current.get(content_type) or 'not subscribed'}")
+        if args.action == "list":
+            try:
+                current = {str(s.get("contentType")): str(s.get("status")) for s in api.list_subscriptions()}
+            except CollectorError as err:
+                print(f"{tenant.tenant_id}: could not list the subscriptions: {err}", file=sys.stderr)
+                status = 1
                 continue
-            for content_type in types:
+            for content_type in [*types, *sorted(set(current) - set(types))]:
+                state = current.get(content_type) or "not started"
+                note = "" if content_type in tenant.content_types else " (not collected by this deployment)"
+                if state != "enabled" and content_type in tenant.content_types:
+                    note = f": start it with `{SUBSCRIPTIONS_START} --content-type {content_type}`"
+                print(f"{tenant.tenant_id} {content_type}: {state}{note}")
+            continue
+        for content_type in types:
+            try:
                 if args.action == "start":
                     api.start_subscription(content_type)
+                    print(f"{tenant.tenant_id} {content_type}: enabled")
                 else:
                     api.stop_subscription(content_type)
-                print(f"{tenant.tenant_id} {content_type}: {args.action} ok")
-        except CollectorError as err:
-            print(f"{tenant.tenant_id}: {err}", file=sys.stderr)
-            status = 1
+                    print(
+                        f"{tenant.tenant_id} {content_type}: stopped; nothing is listed until it is started again, "
+                        "and content from the stopped period can never be retrieved"
+                    )
+            except CollectorError as err:
+                print(f"{tenant.tenant_id} {content_type}: {args.action} failed: {err}", file=sys.stderr)
+                status = 1
     return status
+
+
+def content_type_arg(text: str) -> str:
+    """A content type, matched case-insensitively (argparse reports anything else with the choices)."""
+    for content_type in CONTENT_TYPES:
+        if content_type.lower() == text.strip().lower():
+            return content_type
+    raise argparse.ArgumentTypeError(f"unknown content type {text!r} (expected one of {', '.join(CONTENT_TYPES)})")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -216,8 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     subs = commands.add_parser("subscriptions", help="list, start or stop the API subscriptions")
     subs.add_argument("action", choices=["list", "start", "stop"])
-    subs.add_argument("--content-type", action="append", help="repeatable; default: all configured")
+    subs.add_argument(
+        "--content-type", action="append", type=content_type_arg, help="repeatable; default: all configured"
+    )
     subs.set_defaults(func=cmd_subscriptions)
+
+    from .ops_cli import add_operator_commands
+
+    add_operator_commands(commands)
 
     from .simulator.cli import add_arguments
 

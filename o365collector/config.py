@@ -27,6 +27,7 @@ from .envparse import (
     require_str,
 )
 from .errors import ConfigError
+from .filtering import RecordFilter
 from .models import CONTENT_TYPES
 from .sinks.base import SinkSettings
 
@@ -158,9 +159,27 @@ class QueueRunnerConfig:
     batch_size: int = 16
 
 
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """When the ``health`` function and ``status`` call the collector unhealthy."""
+
+    # Six missed 5-minute timer runs: long enough to ride out a failed run or a host restart, short
+    # enough to page someone well inside the API's 7-day retention. Keep it at least 2x the schedule.
+    max_listing_age: dt.timedelta = dt.timedelta(minutes=30)
+    # Throttled responses in one stream's listing run; retries absorb a few, a steady stream of them
+    # means the tenant's quota is shared with another tool and listing falls behind.
+    max_throttled: int = 50
+    # Content lost at the source within this lookback makes the collector unhealthy (0: never), so an
+    # alert fires and clears by itself once the loss is older than the lookback.
+    lost_data_lookback: dt.timedelta = dt.timedelta(hours=24)
+    # Messages tolerated in the poison queue: each one is content not delivered yet (replay-poison).
+    max_poison: int = 0
+
+
 DEFAULT_QUEUE = "o365-content"
 DEFAULT_CHECKPOINT_TABLE = "o365checkpoints"
 DEFAULT_LEDGER_TABLE = "o365ledger"
+DEFAULT_STATUS_TABLE = "o365status"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 
 
@@ -181,9 +200,12 @@ class Settings:
         # The Functions host's naming rule for poison queues.
         return self.content_queue + "-poison"
 
+    record_filter: RecordFilter = field(default_factory=RecordFilter)
     tenant_table: str | None = None
     """When set, tenants are read from this Table Storage registry at run time (large fleets)."""
     list_concurrency: int = 8
+    status_table: str = DEFAULT_STATUS_TABLE
+    health: HealthPolicy = field(default_factory=HealthPolicy)
 
     @classmethod
     def from_env(cls, env: Environ) -> Settings:
@@ -198,11 +220,14 @@ class Settings:
             tenants=tenants_from_env(env, sink_names=tuple(s.name for s in sinks)),
             tenant_table=tenant_table,
             list_concurrency=get_int(env, "O365_LIST_CONCURRENCY", 8, minimum=1, maximum=64),
+            record_filter=RecordFilter.from_env(env),
             storage=storage_from_env(env),
             sinks=sinks,
             content_queue=_queue_name(env, "O365_CONTENT_QUEUE", DEFAULT_QUEUE),
             checkpoint_table=_table_name(env, "O365_CHECKPOINT_TABLE", DEFAULT_CHECKPOINT_TABLE),
             ledger_table=_table_name(env, "O365_LEDGER_TABLE", DEFAULT_LEDGER_TABLE),
+            status_table=_table_name(env, "O365_STATUS_TABLE", DEFAULT_STATUS_TABLE),
+            health=health_from_env(env),
             policy=policy_from_env(env),
             http=HttpPolicy(
                 timeout_seconds=get_float(env, "O365_HTTP_TIMEOUT_SECONDS", 60.0, minimum=1.0),
@@ -289,6 +314,17 @@ def policy_from_env(env: Environ) -> CollectionPolicy:
         end_delay=dt.timedelta(minutes=get_int(env, "O365_END_DELAY_MINUTES", 5, minimum=0, maximum=24 * 60)),
         list_budget=dt.timedelta(seconds=get_int(env, "O365_LIST_BUDGET_SECONDS", 240, minimum=1)),
         claim_lease=dt.timedelta(seconds=get_int(env, "O365_CLAIM_LEASE_SECONDS", 600, minimum=1)),
+    )
+
+
+def health_from_env(env: Environ) -> HealthPolicy:
+    return HealthPolicy(
+        max_listing_age=dt.timedelta(
+            minutes=get_int(env, "O365_HEALTH_MAX_LISTING_AGE_MINUTES", 30, minimum=1, maximum=7 * 24 * 60)
+        ),
+        max_throttled=get_int(env, "O365_HEALTH_MAX_THROTTLED", 50, minimum=0),
+        lost_data_lookback=dt.timedelta(hours=get_int(env, "O365_HEALTH_LOST_DATA_HOURS", 24, minimum=0)),
+        max_poison=get_int(env, "O365_HEALTH_MAX_POISON", 0, minimum=0),
     )
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from .checkpoints import ClaimStatus, Ledger
 from .errors import CollectorError, ContentUnavailableError
+from .filtering import RecordFilter
 from .management_api import ManagementApiClient
 from .models import BlobContext, FetchTask
 from .sinks.base import Sink
@@ -42,6 +43,8 @@ class FetchResult:
     outcome: Outcome
     records: int = 0
     seconds: float = 0.0
+    reason: str | None = None  # why content was LOST (the service's answer)
+    filtered: int = 0  # records dropped by the O365_FILTER_* settings
 
 
 class Fetcher:
@@ -53,7 +56,9 @@ class Fetcher:
         api_for_tenant: Callable[[str], ManagementApiClient],
         claim_lease: dt.timedelta,
         clock: Callable[[], dt.datetime],
+        record_filter: RecordFilter | None = None,
     ) -> None:
+        self._filter = record_filter or RecordFilter()
         self._ledger = ledger
         self._sinks_for_tenant = sinks_for_tenant
         self._api_for_tenant = api_for_tenant
@@ -72,25 +77,27 @@ class Fetcher:
             return FetchResult(Outcome.SKIPPED_BUSY)
 
         try:
-            records = self._api_for_tenant(task.tenant_id).fetch_content(task.content_uri)
+            # Held as the bytes served and parsed only as sinks read them: see o365collector.content.
+            records = self._api_for_tenant(task.tenant_id).fetch_records(task.content_uri)
         except ContentUnavailableError as err:
             self._ledger.mark_lost(claim, str(err), self._clock())
             lost = dict(fields, content_created=task.content_created.isoformat(), reason=str(err))
             log.error("%s %s", EXPIRED_MESSAGE, orjson.dumps(lost).decode(), extra=fields)
-            return FetchResult(Outcome.LOST, seconds=time.monotonic() - started)
+            return FetchResult(Outcome.LOST, seconds=time.monotonic() - started, reason=str(err))
         except CollectorError as err:
             self._ledger.release(claim, str(err))
             raise
 
+        to_ship, filtered = self._filter.apply(records)
         context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
         try:
             for sink in self._sinks_for_tenant(task.tenant_id):
-                sink.send(records, context)
+                sink.send(to_ship, context)
         except Exception as err:
             self._ledger.release(claim, f"{type(err).__name__}: {err}")
             raise
-        self._ledger.mark_done(claim, len(records), self._clock())
+        self._ledger.mark_done(claim, len(to_ship), self._clock())
         seconds = time.monotonic() - started
-        summary: dict[str, object] = {**fields, "records": len(records), "seconds": round(seconds, 3)}
+        summary: dict[str, object] = {**fields, "records": len(to_ship), "seconds": round(seconds, 3)}
         log.debug("content shipped %s", orjson.dumps(summary).decode(), extra=fields)
-        return FetchResult(Outcome.SHIPPED, len(records), seconds)
+        return FetchResult(Outcome.SHIPPED, len(to_ship), seconds, filtered=filtered)

@@ -53,6 +53,8 @@ class StreamResult:
     error_code: str | None = None
     lost_from: dt.datetime | None = None
     lost_to: dt.datetime | None = None
+    seconds: float = 0.0
+    """Time spent listing this stream in the run (its steps' sum; streams share the run's workers)."""
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,7 @@ class StreamResult:
             "throttled": self.throttled,
             "error_code": self.error_code,
             "error": self.error,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -174,6 +177,7 @@ class Lister:
         stream = task.result
         fields = {"tenant_id": task.tenant.tenant_id, "content_type": stream.content_type}
         more = False
+        started = time.perf_counter()
         try:
             broken = self._broken.get(task.tenant.tenant_id)
             if broken is not None:
@@ -200,6 +204,7 @@ class Lister:
         except Exception as err:  # storage or an unexpected fault: report it, keep the other streams going
             log.exception("unexpected failure listing %s", stream.content_type, extra=fields)
             stream.error = f"{type(err).__name__}: {err}"
+        stream.seconds += time.perf_counter() - started
         if not more:
             self._finish(task, fields)
         return more
@@ -226,7 +231,8 @@ class Lister:
         task.windows = plan.windows
 
     def _list_window(self, task: _StreamTask, api: ManagementApiClient) -> None:
-        assert task.windows is not None and task.checkpoint is not None
+        assert task.windows is not None
+        assert task.checkpoint is not None
         stream = task.result
         window = task.windows[task.next_window]
         recent = task.checkpoint.recent.copy()

@@ -30,6 +30,7 @@ IDLE_POLL_SECONDS = 1.0
 class DrainResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     records: int = 0
+    filtered: int = 0
     failures: int = 0
     poisoned: int = 0
     timed_out: bool = False
@@ -107,7 +108,9 @@ class QueueRunner:
             if dequeue_count >= self._config.max_dequeue_count:
                 self._to_poison(message, f"{type(err).__name__}: {err}", result)
             else:
-                log.warning(
+                # A retry (STYLE: DEBUG); the last failure is logged at ERROR when the message is poisoned,
+                # and the status table keeps the latest fetch error for `status`.
+                log.debug(
                     "message %s failed (attempt %d of %d), retrying in %ss: %s",
                     message.id,
                     dequeue_count,
@@ -119,6 +122,7 @@ class QueueRunner:
             return
         result.outcomes[outcome.outcome.value] = result.outcomes.get(outcome.outcome.value, 0) + 1
         result.records += outcome.records
+        result.filtered += outcome.filtered
         self._delete(message)
 
     def _retry_later(self, message: QueueMessage) -> None:

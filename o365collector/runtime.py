@@ -12,17 +12,22 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 
+from .auth import TokenProvider
 from .checkpoints import CheckpointStore, Ledger
 from .config import Settings, TenantConfig
 from .errors import CollectorError, ConfigError
-from .fetcher import Fetcher, FetchResult
+from .fetcher import Fetcher, FetchResult, Outcome
+from .health import health_response
 from .lister import Lister, ListerResult, StreamResult
-from .management_api import ManagementApiClient
+from .management_api import ManagementApiClient, shared_session
 from .models import FetchTask
 from .queue_runner import POISONED_MESSAGE
 from .sinks.base import Sink
+from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
+from .telemetry import log_fetch_result
 from .tenants import TableTenantRegistry
 
 log = logging.getLogger(__name__)
@@ -63,11 +68,16 @@ class Collector:
         self._ledger_table = storage.table(settings.ledger_table)
         self.checkpoints = CheckpointStore(self._checkpoint_table)
         self.ledger = Ledger(self._ledger_table)
+        self._status_table = storage.table(settings.status_table)
+        self.status = StatusStore(self._status_table)
         self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
         self._tenants = {t.tenant_id: t for t in settings.tenants}
         self._registry = TableTenantRegistry(storage.table(settings.tenant_table)) if settings.tenant_table else None
         self._apis: dict[str, ManagementApiClient] = {}
         self._lock = threading.Lock()
+        # One keep-alive pool for every tenant's API and token calls: hundreds of tenants on the same
+        # hosts should not cost hundreds of TLS handshakes per run.
+        self._http = shared_session(pool_size=max(8, settings.list_concurrency * 2))
 
     def tenants(self, *, refresh: bool = True) -> tuple[TenantConfig, ...]:
         """The tenants to collect; a table registry is re-read so added or disabled tenants take effect."""
@@ -95,6 +105,7 @@ class Collector:
         ensure_queue(self.poison_queue)
         ensure_table(self._checkpoint_table)
         ensure_table(self._ledger_table)
+        ensure_table(self._status_table)
         if self._registry is not None:
             self._registry.ensure_table()
 
@@ -111,7 +122,12 @@ class Collector:
                 tenant = self._tenants.get(tenant_id)
                 if tenant is None:
                     raise ConfigError("O365_TENANT_ID", f"tenant {tenant_id} is not configured in this deployment")
-                client = ManagementApiClient(tenant, policy=self.settings.http)
+                client = ManagementApiClient(
+                    tenant,
+                    policy=self.settings.http,
+                    session=self._http,
+                    tokens=TokenProvider(tenant, session=self._http),
+                )
                 self._apis[tenant_id] = client
             return client
 
@@ -134,13 +150,50 @@ class Collector:
             api_for_tenant=self.api,
             claim_lease=self.settings.policy.claim_lease,
             clock=self.clock,
+            record_filter=self.settings.record_filter,
         )
 
     def run_lister(self) -> ListerResult:
-        return self.lister().run()
+        result = self.lister().run()
+        self.record_listing(result)
+        return result
+
+    def record_listing(self, result: ListerResult) -> None:
+        """One status upsert per stream (for ``status`` and ``health``); never fails the run."""
+        now = self.clock()
+        for stream in result.streams:
+            try:
+                self.status.record_run(stream, now, stream.seconds)
+            except Exception as err:  # status is advisory: the listing itself succeeded or failed on its own
+                log.warning(
+                    "could not record the status of %s: %s",
+                    stream.content_type,
+                    err,
+                    extra={"tenant_id": stream.tenant_id, "content_type": stream.content_type},
+                )
 
     def process_message(self, body: str | bytes, *, message_id: str) -> FetchResult:
-        return self.fetcher().process(FetchTask.from_message(body), delivery_id=message_id)
+        return self.process_task(FetchTask.from_message(body), message_id=message_id)
+
+    def process_task(self, task: FetchTask, *, message_id: str) -> FetchResult:
+        """Fetch and ship one blob; fetch failures and losses are also noted in the status table."""
+        try:
+            result = self.fetcher().process(task, delivery_id=message_id)
+        except Exception as err:
+            self._record_status(task, partial(self.status.record_fetch_error, task, err, self.clock()))
+            raise
+        if result.outcome is Outcome.LOST:
+            reason = result.reason or "content expired at the source"
+            self._record_status(task, partial(self.status.record_lost, task, reason, self.clock()))
+        return result
+
+    @staticmethod
+    def _record_status(task: FetchTask, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except Exception as err:  # status is advisory: never turn a fetch outcome into a different one
+            extra = {"tenant_id": task.tenant_id, "content_type": task.content_type, "content_id": task.content_id}
+            log.warning("could not record the status of content %s: %s", task.content_id, err, extra=extra)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -188,9 +241,17 @@ def process_message(*, body: str | bytes, message_id: str, dequeue_count: int) -
     """The queue trigger's work. Raising makes the host redeliver; the last failure is logged as poisoned."""
     active = collector()
     try:
-        return active.process_message(body, message_id=message_id)
+        task = FetchTask.from_message(body)
+        result = active.process_task(task, message_id=message_id)
     except Exception as err:
         if dequeue_count >= active.settings.queue_runner.max_dequeue_count:
             # The host moves the message to the poison queue after this attempt; say so where alerts look.
             log.error("%s: message %s after %d attempts: %s", POISONED_MESSAGE, message_id, dequeue_count, err)
         raise
+    log_fetch_result(task, result)
+    return result
+
+
+def health() -> tuple[int, bytes]:
+    """The health function's answer: (200 or 503, the status report as JSON)."""
+    return health_response(collector)

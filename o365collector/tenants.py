@@ -45,7 +45,18 @@ from .errors import ConfigError
 from .models import CONTENT_TYPES
 
 ENTRY_KEYS = frozenset(
-    {"tenantId", "name", "cloud", "clientId", "credential", "contentTypes", "startTime", "sinks", "enabled", "publisherId"}
+    {
+        "tenantId",
+        "name",
+        "cloud",
+        "clientId",
+        "credential",
+        "contentTypes",
+        "startTime",
+        "sinks",
+        "enabled",
+        "publisherId",
+    }
 )
 
 
@@ -75,7 +86,9 @@ def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[st
         raise ConfigError(where, "must be a JSON object")
     unknown = set(entry) - ENTRY_KEYS - {"PartitionKey", "RowKey", "Timestamp", "etag"}
     if unknown:
-        raise ConfigError(where, f"unknown field(s) {', '.join(sorted(unknown))} (expected {', '.join(sorted(ENTRY_KEYS))})")
+        raise ConfigError(
+            where, f"unknown field(s) {', '.join(sorted(unknown))} (expected {', '.join(sorted(ENTRY_KEYS))})"
+        )
     tenant_text = _text(entry, "tenantId", where)
     if tenant_text is None:
         raise ConfigError(f"{where}.tenantId", "is required")
@@ -89,9 +102,15 @@ def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[st
         raise ConfigError(f"{where}.clientId", "is required (or set O365_CLIENT_ID for a shared multi-tenant app)")
     client_id = parse_guid(f"{where}.clientId", client_text)
     credential = _credential(_text(entry, "credential", where) or "shared", client_id, env, where)
-    content_types = _content_types(entry.get("contentTypes"), f"{where}.contentTypes")
+    # Entry fields fall back to the deployment-wide settings.
+    if entry.get("contentTypes") is None:
+        content_types = content_types_from_env(env)
+    else:
+        content_types = _content_types(entry.get("contentTypes"), f"{where}.contentTypes")
     start_text = _text(entry, "startTime", where)
-    start_time = get_datetime({"v": start_text}, "v") if start_text else None
+    start_time = get_datetime({f"{where}.startTime": start_text}, f"{where}.startTime") if start_text else None
+    if start_time is None:
+        start_time = get_datetime(env, "O365_START_TIME")
     sinks = _sinks(entry.get("sinks"), f"{where}.sinks", sink_names)
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -212,7 +231,9 @@ class TableTenantRegistry:
         try:
             self._table.create_entity(row)
         except ResourceExistsError:
-            raise ConfigError("tenant", f"{tenant.tenant_id} is already registered (use --replace to change it)") from None
+            raise ConfigError(
+                "tenant", f"{tenant.tenant_id} is already registered (use --replace to change it)"
+            ) from None
 
     def set_enabled(self, tenant_id: str, enabled: bool) -> None:
         try:

@@ -52,6 +52,7 @@ def names() -> dict[str, str]:
         "O365_CONTENT_QUEUE": f"content-{suffix}",
         "O365_CHECKPOINT_TABLE": f"cp{suffix}",
         "O365_LEDGER_TABLE": f"ledger{suffix}",
+        "O365_STATUS_TABLE": f"status{suffix}",
     }
 
 

@@ -11,13 +11,15 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 
 from o365collector.checkpoints import CheckpointStore, Ledger
 from o365collector.cli import run_once
 from o365collector.fetcher import Outcome
-from o365collector.models import CONTENT_TYPES, Record
+from o365collector.models import CONTENT_TYPES, FetchTask, Record
 from o365collector.queue_runner import QueueRunner
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
@@ -64,7 +66,8 @@ def shipped(receiver: HttpReceiver) -> Counter[str]:
 
 
 def http_collector(make_collector: CollectorFactory, receiver: HttpReceiver, **overrides: str) -> Collector:
-    return make_collector(SINK_TYPE="http", SINK_URL=receiver.url, SINK_HTTP_BATCH_MAX_RECORDS="5", **overrides)
+    settings = {"SINK_TYPE": "http", "SINK_URL": receiver.url, "SINK_HTTP_BATCH_MAX_RECORDS": "5"} | overrides
+    return make_collector(**settings)
 
 
 def drain(collector: Collector) -> QueueRunner:
@@ -275,3 +278,44 @@ def test_outcomes_are_counted(simulator: Simulator, receiver: HttpReceiver, make
     result = drain(collector).drain()
     assert result.count(Outcome.SHIPPED) == len(simulator.blobs(TID))
     assert result.records == sum(len(b.records) for b in simulator.blobs(TID))
+
+
+def test_fan_out_counts_a_blob_done_only_when_every_sink_accepted_it(
+    simulator: Simulator, receiver: HttpReceiver, make_collector: CollectorFactory
+) -> None:
+    simulator.generate(
+        TID, "Audit.Exchange", now() - dt.timedelta(hours=3), now() - dt.timedelta(hours=1),
+        blob_every=dt.timedelta(hours=1),
+    )  # fmt: skip
+    blobs = simulator.blobs(TID, "Audit.Exchange")
+    receiver.fail_next(2, status=503)  # more than the sink's in-process attempts: the first delivery fails
+    collector = http_collector(
+        make_collector, receiver, SINK_TYPE="file,http", SINK_HTTP_MAX_ATTEMPTS="2", O365_CONTENT_TYPES="Audit.Exchange"
+    )
+    assert run_once(collector) == 0
+    assert shipped(receiver) == served(simulator)
+    attempts = [collector.ledger.get(_task(b))["Attempts"] for b in blobs]
+    assert sorted(attempts) == [1] * (len(blobs) - 1) + [2], "the blob the http sink refused was redelivered"
+    written = Counter(
+        orjson.loads(line)["Id"]
+        for path in Path(collector.settings.sinks[0].directory).rglob("*.ndjson")  # type: ignore[attr-defined]
+        for line in path.read_bytes().splitlines()
+    )
+    assert written == served(simulator), "the file sink's redelivery overwrote its first copy"
+
+
+def test_filtered_records_are_counted_not_shipped(
+    simulator: Simulator, receiver: HttpReceiver, make_collector: CollectorFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backfill(simulator, days=0.3, types=("Audit.Exchange", "Audit.SharePoint"))
+    collector = http_collector(make_collector, receiver, O365_FILTER_EXCLUDE_WORKLOADS="sharepoint")
+    assert run_once(collector) == 0
+    sharepoint = sum(1 for b in simulator.blobs(TID) for r in b.records if r["Workload"] == "SharePoint")
+    assert sharepoint > 0
+    assert "SharePoint" not in {r["Workload"] for r in receiver.records}
+    assert len(receiver.records) == sum(len(b.records) for b in simulator.blobs(TID)) - sharepoint
+    assert f"{sharepoint} filtered out" in capsys.readouterr().out
+
+
+def _task(blob: object) -> FetchTask:
+    return FetchTask(TID, blob.content_type, blob.content_id, blob.content_uri, blob.created, blob.expiration)  # type: ignore[attr-defined]

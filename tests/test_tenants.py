@@ -62,9 +62,7 @@ def test_json_registry_with_shared_and_per_tenant_credentials() -> None:
 
 
 def test_certificate_credentials_and_disabled_entries() -> None:
-    settings = parse(
-        [{"tenantId": A, "credential": "certificate:/secrets/a.pem"}, {"tenantId": B, "enabled": False}]
-    )
+    settings = parse([{"tenantId": A, "credential": "certificate:/secrets/a.pem"}, {"tenantId": B, "enabled": False}])
     (only,) = settings.tenants
     assert only.credential == CertificateCredentialConfig(APP, "/secrets/a.pem")
 

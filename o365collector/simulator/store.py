@@ -35,6 +35,8 @@ class TenantSpec:
     audit_enabled: bool = True
     # Content types whose subscription already exists and is enabled; the others do not exist yet.
     subscribed: tuple[str, ...] = ()
+    # True: the client secret is right but past its end date; the token endpoint answers AADSTS7000222.
+    secret_expired: bool = False
 
 
 @dataclass(slots=True)

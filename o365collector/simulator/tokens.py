@@ -117,6 +117,13 @@ class TokenService:
                 f"value, not the client secret ID, for a secret added to app '{spec.client_id}'."
             )
             return self._error(401, "invalid_client", 7000215, message), None
+        if spec.secret_expired:
+            message = (
+                f"The provided client secret keys for app '{spec.client_id}' are expired. Visit the Azure portal to "
+                "create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
+                "credentials for added security: https://aka.ms/certCreds."
+            )
+            return self._error(401, "invalid_client", 7000222, message), None
         audience = self._audience(form.get("scope", ""))
         if audience is None:
             message = (

@@ -10,6 +10,11 @@ instead, with non-ASCII characters escaped, so the text still decodes to the ver
 Non-string object keys are refused in both paths rather than turned into strings.
 NaN and infinities are not JSON; orjson writes them as ``null``, but records parsed from JSON never hold them.
 
+Records straight from the fetcher (``o365collector.content.ContentRecords``) still hold the bytes the
+API served. ``encoded(records)`` yields those bytes as they are (no parse, no re-serialization: the
+cheapest and most faithful encoding) and ``serialize(record)`` for any other records; a sink that
+writes plain JSON records passes ``iter_batches(encoded(records), ..., serialize=as_is)``.
+
 Batching rule (``iter_batches``):
 
 * records keep their order, and every record lands in exactly one batch;
@@ -34,6 +39,9 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..content import ContentRecords
+from ..models import Record
+
 T = TypeVar("T")
 
 
@@ -46,6 +54,18 @@ def serialize(value: Any) -> bytes:
         # library writes all of these. ensure_ascii keeps the output valid UTF-8 even for surrogates.
         _refuse_non_string_keys(value)
         return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def encoded(records: Iterable[Record]) -> Iterator[bytes]:
+    """Each record as compact JSON on one line: as served when ``records`` still holds those bytes, else serialized."""
+    if isinstance(records, ContentRecords) and records.raw:
+        return records.served()
+    return (serialize(record) for record in records)
+
+
+def as_is(item: bytes) -> bytes:
+    """The ``serialize`` for items that are already encoded (``iter_batches(encoded(records), ...)``)."""
+    return item
 
 
 def _refuse_non_string_keys(value: Any) -> None:
@@ -84,14 +104,11 @@ class Framing:
         )
 
     def encode(self, items: Sequence[bytes]) -> bytes:
-        body = bytearray(self.opening)
-        for index, item in enumerate(items):
-            if index:
-                body += self.separator
-            body += item
-            body += self.terminator
-        body += self.closing
-        return bytes(body)
+        if not items:
+            return self.opening + self.closing
+        # One join does the copying in C: items separated by terminator+separator, the last one terminated.
+        inner = (self.terminator + self.separator).join(items)
+        return b"".join((self.opening, inner, self.terminator, self.closing))
 
 
 NDJSON = Framing("ndjson", "application/x-ndjson", terminator=b"\n")

@@ -26,31 +26,32 @@ sent whole again, so delivery to the receiver is at least once.
 TLS certificates are always verified; requests honours ``REQUESTS_CA_BUNDLE`` for private CAs. The
 bearer token, extra header values and record bodies never appear in logs or error messages, and
 neither does SINK_URL's path or query (some receivers put a key there): messages name only the
-scheme, host and port.
+scheme, host and port. The transport rules (TLS, redirects, transport errors, retries) live in
+``httpcore``, shared with the Splunk and Elasticsearch sinks.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
-import socket
-import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import urlparse
 
 import orjson
 import requests
 
-from .. import __version__
-from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str, require_str
-from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
+from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str
+from ..errors import CollectorError, ConfigError, SinkPermanentError
 from ..models import BlobContext, Record
-from ..retry import RetryPolicy, parse_retry_after, retrying
-from .batching import FRAMINGS, Batch, iter_batches
+from ..retry import RetryPolicy
+from .batching import FRAMINGS, Batch, as_is, encoded, iter_batches
+from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_url, snippet
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 # Per batch; beyond it the message goes back to the queue, whose redelivery is the longer wait.
 DEFAULT_MAX_RETRY_SECONDS = 60.0
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+GZIP_LEVEL = 1
+# Batches are compressed on worker threads (zlib releases the GIL) while the sender posts the one
+# before: the compressor threads keep every core busy, and at most this many batches wait, compressed
+# or being compressed, so memory stays a few batches whatever the blob's size.
+COMPRESS_THREADS = min(2, os.cpu_count() or 1)
+BATCHES_AHEAD = COMPRESS_THREADS + 1
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header field names
 _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")  # a bearer token: no spaces, line breaks or non-ASCII
@@ -102,7 +107,7 @@ class HttpSinkSettings:
                 "SINK_HTTP_HEADERS", "sets Authorization while SINK_HTTP_BEARER_TOKEN is set too: keep one of them"
             )
         return cls(
-            url=_parse_url(env, "SINK_URL"),
+            url=parse_url(env, "SINK_URL", "the receiver's address, e.g. https://siem.example.com/ingest"),
             format=get_choice(env, "SINK_HTTP_FORMAT", "ndjson", tuple(FRAMINGS)),
             gzip=get_bool(env, "SINK_HTTP_GZIP", True),
             headers=headers,
@@ -120,26 +125,6 @@ class HttpSinkSettings:
 
     def create(self) -> HttpSink:
         return HttpSink(self)
-
-
-def _parse_url(env: Environ, name: str) -> str:
-    # Not envparse.get_https_url: that one strips a trailing slash (receivers may care) and echoes the
-    # whole URL, whose path or query may hold a receiver key. Messages here show scheme://host:port only.
-    text = require_str(env, name, "the receiver's address, e.g. https://siem.example.com/ingest")
-    parsed = urlparse(text)
-    try:
-        port_ok = parsed.port is None or parsed.port > 0
-    except ValueError:  # not a number, or out of range
-        port_ok = False
-    if not port_ok:
-        raise ConfigError(name, "has an invalid port (expected https://host[:port]/path)")
-    if parsed.scheme not in {"https", "http"} or not parsed.hostname:
-        raise ConfigError(name, "is not an absolute URL (expected https://host[:port]/path)")
-    if parsed.scheme == "http" and parsed.hostname not in LOOPBACK_HOSTS:
-        raise ConfigError(
-            name, f"{_endpoint(text)!r} must use https (plain http is accepted only for 127.0.0.1, localhost or ::1)"
-        )
-    return text
 
 
 def _parse_headers(env: Environ, name: str) -> tuple[tuple[str, str], ...]:
@@ -168,19 +153,6 @@ def _parse_headers(env: Environ, name: str) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
-def _endpoint(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``: safe for logs and messages (no credentials, path or query)."""
-    parsed = urlparse(url)
-    host = parsed.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    return f"{parsed.scheme}://{host}" + (f":{port}" if port else "")
-
-
 class HttpSink:
     """Sends each blob's records as one or more POSTs to ``SINK_URL``; see the module docstring."""
 
@@ -195,12 +167,21 @@ class HttpSink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._session = session if session is not None else requests.Session()
-        self._sleep = sleep
-        self._clock = clock
         self._framing = FRAMINGS[settings.format]
-        self._endpoint = _endpoint(settings.url)
-        self._policy = RetryPolicy(max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds)
+        self._core = HttpCore(
+            Target(
+                url=settings.url,
+                url_setting="SINK_URL",
+                timeout_seconds=settings.timeout_seconds,
+                timeout_setting="SINK_HTTP_TIMEOUT_SECONDS",
+            ),
+            policy=RetryPolicy(max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds),
+            session=session,
+            sleep=sleep,
+            clock=clock,
+        )
+        self._endpoint = self._core.endpoint
+        self._compressor: ThreadPoolExecutor | None = None
 
     def check(self) -> None:
         """Probe ``SINK_URL`` with HEAD (with the auth headers); it ships nothing.
@@ -240,19 +221,30 @@ class HttpSink:
         if self._settings.gzip:
             headers["Content-Encoding"] = "gzip"
         batches = 0
-        for index, batch in enumerate(self._batches(records)):
-            if batch.oversize:
-                log.warning(
-                    "http sink: record %d of content %s encodes to %d bytes, above SINK_HTTP_BATCH_MAX_BYTES "
-                    "(%d); sending it alone",
-                    batch.first,
-                    context.content_id,
-                    len(batch.body),
-                    self._settings.batch_max_bytes,
-                    extra=extra,
-                )
-            self._send_batch(batch, {**headers, "X-O365-Batch-Index": str(index)}, extra)
-            batches += 1
+        # In order, one at a time; the next few are being compressed meanwhile (see COMPRESS_THREADS).
+        waiting: deque[tuple[Batch, Future[bytes]]] = deque()
+        try:
+            for batch in self._batches(records):
+                if batch.oversize:
+                    log.warning(
+                        "http sink: record %d of content %s encodes to %d bytes, above SINK_HTTP_BATCH_MAX_BYTES "
+                        "(%d); sending it alone",
+                        batch.first,
+                        context.content_id,
+                        len(batch.body),
+                        self._settings.batch_max_bytes,
+                        extra=extra,
+                    )
+                waiting.append((batch, self._encode(batch)))
+                if len(waiting) >= BATCHES_AHEAD:
+                    self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(batches)}, extra)
+                    batches += 1
+            while waiting:
+                self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(batches)}, extra)
+                batches += 1
+        finally:
+            for _, pending in waiting:
+                pending.cancel()
         log.debug(
             "http sink: %d records of content %s accepted in %d batches",
             len(records),
@@ -262,28 +254,43 @@ class HttpSink:
         )
 
     def close(self) -> None:
-        self._session.close()
+        if self._compressor is not None:
+            self._compressor.shutdown(wait=True, cancel_futures=True)
+            self._compressor = None
+        self._core.close()
 
     def _batches(self, records: Sequence[Record]) -> Iterator[Batch]:
+        # Records from the fetcher still hold the bytes the API served: they are sent as they are.
         return iter_batches(
-            records,
+            encoded(records),
             framing=self._framing,
             max_bytes=self._settings.batch_max_bytes,
             max_records=self._settings.batch_max_records,
+            serialize=as_is,
         )
+
+    def _encode(self, batch: Batch) -> Future[bytes]:
+        """The request body of ``batch``: gzip-compressed on a worker thread when SINK_HTTP_GZIP is on."""
+        if not self._settings.gzip:
+            done: Future[bytes] = Future()
+            done.set_result(batch.body)
+            return done
+        if self._compressor is None:
+            self._compressor = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
+        return self._compressor.submit(gzip.compress, batch.body, GZIP_LEVEL, mtime=0)
 
     def _base_headers(self) -> dict[str, str]:
         headers = dict(self._settings.headers)
-        headers["User-Agent"] = f"o365collector/{__version__}"
+        headers["User-Agent"] = USER_AGENT
         if self._settings.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self._settings.bearer_token.reveal()}"
         return headers
 
-    def _send_batch(self, batch: Batch, headers: dict[str, str], extra: dict[str, Any]) -> None:
-        body = gzip.compress(batch.body, compresslevel=6, mtime=0) if self._settings.gzip else batch.body
-        failures: list[BaseException] = []
-        retryer = retrying(self._policy, sleep=self._sleep, on_retry=failures.append)
-        retryer(self._post, body, headers)
+    def _send_batch(
+        self, batch: Batch, encoding: Future[bytes], headers: dict[str, str], extra: dict[str, Any]
+    ) -> None:
+        body = encoding.result()
+        _, failures = self._core.with_retries(lambda: self._post(body, headers))
         if failures:
             log.warning(
                 "http sink: batch of %d records accepted after %d retries (last failure: %s)",
@@ -301,97 +308,25 @@ class HttpSink:
             raise error
 
     def _request(self, method: str, headers: dict[str, str], body: bytes | None) -> requests.Response:
-        try:
-            # Redirects are not followed: the token and extra headers must only reach SINK_URL's host.
-            # TLS verification stays on (requests' default, REQUESTS_CA_BUNDLE honoured).
-            return self._session.request(
-                method,
-                self._settings.url,
-                data=body,
-                headers=headers,
-                timeout=self._settings.timeout_seconds,
-                allow_redirects=False,
-            )
-        except requests.RequestException as err:
-            raise self._transport_error(err) from err
+        return self._core.request(method, self._settings.url, headers=headers, body=body)
 
     def _classify(self, response: requests.Response, *, probe: bool) -> CollectorError | None:
         status = response.status_code
-        where = f"{self._endpoint} answered {status}"
+        where = self._core.where(response)
         if 200 <= status < 300:
             return None
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._clock())
-            return SinkTransientError(f"{where}{_snippet(response)}", retry_after=retry_after)
+        if is_transient_status(status):
+            return self._core.transient(response, snippet(response))
         if status in (401, 403):
             return SinkPermanentError(
                 f"{where}: the receiver refused our credentials (check SINK_HTTP_BEARER_TOKEN / SINK_HTTP_HEADERS)"
             )
         if 300 <= status < 400:
-            location = response.headers.get("Location")
-            target = _endpoint(location) if location else "an unnamed address"
-            return SinkPermanentError(
-                f"{where} redirecting to {target}: redirects are not followed (set SINK_URL to the final address)"
-            )
+            return self._core.redirect_error(response)
         if probe:
             return None
         if status == 413:
             return SinkPermanentError(
                 f"{where}: the batch is too large for the receiver (lower SINK_HTTP_BATCH_MAX_BYTES or raise its limit)"
             )
-        return SinkPermanentError(f"{where}: the receiver refused the batch{_snippet(response)}")
-
-    def _transport_error(self, err: requests.RequestException) -> CollectorError:
-        causes = list(_causes(err))
-        verify = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
-        if verify is not None:
-            return SinkPermanentError(
-                f"TLS verification of {self._endpoint} failed ({verify.verify_message or verify.reason}): "
-                "trust the receiver's CA with REQUESTS_CA_BUNDLE, or fix its certificate"
-            )
-        if isinstance(err, requests.exceptions.SSLError):
-            return SinkTransientError(f"TLS handshake with {self._endpoint} failed ({_reason(causes)})")
-        if any(isinstance(c, socket.gaierror) for c in causes):
-            host = urlparse(self._settings.url).hostname
-            return SinkTransientError(f"cannot resolve the host {host!r} of SINK_URL (check the name and DNS)")
-        if any(isinstance(c, ConnectionRefusedError) for c in causes):
-            return SinkTransientError(
-                f"connection to {self._endpoint} refused: is the receiver running and listening there? (SINK_URL)"
-            )
-        if isinstance(err, requests.Timeout):
-            return SinkTransientError(
-                f"{self._endpoint} did not answer within {self._settings.timeout_seconds:g}s "
-                "(SINK_HTTP_TIMEOUT_SECONDS)"
-            )
-        if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-            return SinkTransientError(f"connection to {self._endpoint} failed ({_reason(causes)})")
-        # InvalidURL, InvalidHeader, ...: the request cannot be built; sending again will not help.
-        return SinkPermanentError(f"request to {self._endpoint} could not be made ({type(err).__name__})")
-
-
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and everything it wraps: ``__cause__``/``__context__``, urllib3's ``reason``, exception args."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
-        stack.extend(item for item in linked if isinstance(item, BaseException))
-
-
-def _reason(causes: list[BaseException]) -> str:
-    # The error from the OS, ssl or http.client underneath: its text names no URL (requests' and urllib3's do).
-    for cause in causes:
-        if not type(cause).__module__.startswith(("requests", "urllib3")):
-            return str(cause) or type(cause).__name__
-    return type(causes[0]).__name__
-
-
-def _snippet(response: requests.Response) -> str:
-    """At most 200 characters of the response body on one line, as ``: text`` (empty when no body)."""
-    text = " ".join(response.content[:1024].decode("utf-8", "replace").split())[:200]
-    return f": {text}" if text else ""
+        return SinkPermanentError(f"{where}: the receiver refused the batch{snippet(response)}")

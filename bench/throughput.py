@@ -1,0 +1,177 @@
+"""Fetch -> ship throughput of one collector process, against the floor of the same bytes.
+
+    .venv/bin/python bench/throughput.py [--quick] [--records N] [--profile FILE]
+
+The workload (``bench/workload.py``): mixed content types, records of 0.5-5 KB with a few of 100 KB+,
+blobs of 1-5,000 records. The simulator serves them over HTTPS on loopback; the collector lists them,
+then its queue runner fetches every blob and ships it through the ``http`` sink (gzip NDJSON) to a
+loopback receiver, with Azurite as the storage account (queue, ledger, checkpoints): the code
+``python -m o365collector run --once`` runs, timed in two phases.
+
+The floor is what no collector can avoid for the same bytes in the same process, without any I/O:
+``orjson.loads`` of each blob, ``orjson.dumps`` of each record, NDJSON batches of the http sink's size
+and ``gzip`` at the http sink's level. The ratio pipeline/floor says what the I/O, storage and
+bookkeeping cost on top.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script from any folder
+
+import argparse
+import cProfile
+import datetime as dt
+import gc
+import gzip
+import logging
+import os
+import pstats
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+
+from bench.harness import TENANT, Services, azurite, collector_env, machine
+from bench.workload import BlobBody, describe, make_blobs
+from o365collector.cli import Progress, list_all
+from o365collector.config import Settings
+from o365collector.queue_runner import DrainResult, QueueRunner
+from o365collector.runtime import Collector, quiet_sdk_loggers
+from o365collector.sinks import http as http_sink
+
+TARGET_RECORDS_PER_SECOND = 30_000
+TARGET_FLOOR_RATIO = 2.0
+
+
+def floor_seconds(blobs: Sequence[BlobBody], level: int) -> float:
+    """Parse, serialize and gzip every blob the way the http sink batches it; no I/O."""
+    max_bytes, max_records = http_sink.DEFAULT_BATCH_MAX_BYTES, http_sink.DEFAULT_BATCH_MAX_RECORDS
+    started = time.perf_counter()
+    for blob in blobs:
+        batch: list[bytes] = []
+        size = 0
+        for record in orjson.loads(blob.body):
+            line = orjson.dumps(record)
+            if batch and (len(batch) >= max_records or size + len(line) + 1 > max_bytes):
+                gzip.compress(b"\n".join(batch) + b"\n", compresslevel=level, mtime=0)
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line) + 1
+        if batch:
+            gzip.compress(b"\n".join(batch) + b"\n", compresslevel=level, mtime=0)
+    return time.perf_counter() - started
+
+
+def drain(collector: Collector, workers: int) -> DrainResult:
+    """Ship the queue with ``workers`` queue runners at once (threads of this process, as the host does)."""
+
+    def one() -> DrainResult:
+        return QueueRunner(
+            collector.queue,
+            collector.poison_queue,
+            lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+            collector.settings.queue_runner,
+            processing_lease=collector.settings.policy.claim_lease,
+        ).drain()
+
+    if workers == 1:
+        return one()
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda _: one(), range(workers)))
+    total = DrainResult()
+    for result in results:
+        total.records += result.records
+        total.failures += result.failures
+        total.poisoned += result.poisoned
+        for outcome, count in result.outcomes.items():
+            total.outcomes[outcome] = total.outcomes.get(outcome, 0) + count
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="40,000 records instead of 300,000")
+    parser.add_argument("--records", type=int, default=None, help="records in all (default 300,000)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="queue deliveries handled at once (1: `run --once`; the Functions host runs up to host.json batchSize)",
+    )
+    parser.add_argument("--spread", choices=("uniform", "log"), default="uniform", help="blob size distribution")
+    parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the shipping phase here")
+    args = parser.parse_args(argv)
+    total = args.records or (40_000 if args.quick else 300_000)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_sdk_loggers()
+
+    print(f"machine: {machine()}")
+    created = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)
+    blobs = make_blobs(args.seed, TENANT.tenant_id, total, spread=args.spread)
+    json_bytes = sum(len(b.body) for b in blobs)
+    print(f"workload: {describe(blobs)}")
+    level = http_sink.GZIP_LEVEL
+    floor = floor_seconds(blobs, level)
+    print(
+        f"floor (orjson parse + serialize + gzip level {level}, no I/O): {total / floor:,.0f} records/s, "
+        f"{json_bytes / floor / 1e6:.1f} MB/s"
+    )
+
+    services = Services(blobs, created=created, seed=args.seed)
+    try:
+        with azurite() as storage:
+            env = collector_env(services.endpoints, storage, start=created - dt.timedelta(hours=2))
+            os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
+            collector = Collector(Settings.from_env(env))
+            collector.ensure_resources()
+            try:
+                started = time.perf_counter()
+                listed = list_all(collector, Progress(logging.getLogger("bench")))
+                list_seconds = time.perf_counter() - started
+                gc.collect()
+                profiler = cProfile.Profile() if args.profile else None
+                started = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
+                drained = drain(collector, args.workers)
+                if profiler is not None:
+                    profiler.disable()
+                ship_seconds = time.perf_counter() - started
+            finally:
+                collector.close()
+        received, fetches, _requests = services.stats()
+    finally:
+        services.stop()
+
+    rate = total / ship_seconds
+    ratio = ship_seconds / floor
+    print(f"listing: {listed.blobs_enqueued} blobs enqueued in {list_seconds:.2f}s")
+    print(
+        f"fetch -> ship: {drained.records:,} records in {ship_seconds:.2f}s = {rate:,.0f} records/s, "
+        f"{json_bytes / ship_seconds / 1e6:.1f} MB/s of JSON in, "
+        f"{received.wire_bytes / ship_seconds / 1e6:.1f} MB/s gzip out ({received.requests} POSTs)"
+    )
+    print(
+        f"pipeline / floor: {ratio:.2f}x (target <= {TARGET_FLOOR_RATIO:g}x); "
+        f"records/s target {TARGET_RECORDS_PER_SECOND:,}"
+    )
+    complete = received.records == total and len(fetches) == len(blobs) and set(fetches.values()) == {1}
+    print(
+        f"check: receiver got {received.records:,} of {total:,} records; "
+        f"{len(fetches)} of {len(blobs)} blobs fetched, {max(fetches.values(), default=0)} GET(s) at most per blob"
+    )
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+    ok = complete and rate >= TARGET_RECORDS_PER_SECOND and ratio <= TARGET_FLOOR_RATIO
+    print("result:", "PASS" if ok else "BELOW TARGET" if complete else "INCOMPLETE")
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""``check``: a diagnosis an admin can act on, one step per line, each OK or FAIL with the fix.
+
+Steps, in order (a step that depends on a failed one is SKIPped, which also fails the check):
+
+1. ``settings``       the app settings parse (the error names the setting at fault)
+2. per tenant:
+   ``token``          a token is obtained; AADSTS errors are translated (wrong or expired secret,
+                      wrong tenant, app not found)
+   ``permissions``    the token's ``roles`` claim holds ActivityFeed.Read, and ActivityFeed.ReadDlp
+                      when DLP.All is collected
+   ``subscriptions``  every configured content type has an enabled subscription (offers to start them)
+   ``audit logging``  unified audit logging is on: a listing of an enabled content type is answered
+                      instead of "Tenant … does not exist"
+   ``clock``          this machine's clock is within ``MAX_CLOCK_SKEW`` of the API's ``Date`` header
+3. ``storage``        the queues and tables answer
+4. ``sink <name>``    each sink's own ``check()``
+
+Nothing here changes state except starting subscriptions, and only when the admin agreed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import email.utils
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+
+from .auth import AADSTS_HINTS, TokenProvider
+from .config import Settings, TenantConfig
+from .errors import ApiTransientError, CollectorError
+from .management_api import ManagementApiClient
+from .models import TimeWindow
+from .storage import StorageClients
+
+# Windows are planned from this machine's clock; the API refuses starts older than 7 days and
+# spans over 24 h, and a clock running ahead lists windows the service has not filled yet.
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+READ_ROLE = "ActivityFeed.Read"
+DLP_ROLE = "ActivityFeed.ReadDlp"
+DLP_TYPE = "DLP.All"
+
+WRONG_TENANT_HINT = (
+    "the tenant (O365_TENANT_ID) was not found at the login host: check the tenant id (the Directory ID) and O365_CLOUD"
+)
+MISSING_ROLE_HINT = (
+    "the token lacks the {role} role: in the app registration add Office 365 Management APIs > {role} "
+    "(Application permission), then grant admin consent"
+)
+AUDIT_OFF_HINT = (
+    "unified audit logging is off (the API answers 'Tenant {tenant} does not exist'): turn it on in Microsoft "
+    "Purview (Audit > Start recording user and admin activity); it takes up to 60 minutes"
+)
+SUBSCRIPTIONS_HINT = (
+    "start them with `python -m o365collector check --start-subscriptions` "
+    "or `python -m o365collector subscriptions start --content-type <type>`"
+)
+CLOCK_HINT = (
+    "sync this machine's clock (NTP): listing windows are planned from it and the API refuses or under-fills "
+    "windows that are off"
+)
+
+
+class Verdict(StrEnum):
+    OK = "OK"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    verdict: Verdict
+    detail: str
+    subject: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.OK
+
+    def line(self) -> str:
+        label = f"{self.name} [{self.subject}]" if self.subject else self.name
+        return f"{self.verdict.value:<4}  {label}: {self.detail}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"step": self.name, "subject": self.subject, "result": self.verdict.value, "detail": self.detail}
+
+
+Confirm = Callable[[str], bool]
+
+
+def diagnose(
+    env: Mapping[str, str],
+    *,
+    confirm: Confirm = lambda _question: False,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> Iterator[Step]:
+    """Run every step, yielding each as soon as it is decided (so a slow step shows where it is)."""
+    from .runtime import Collector  # runtime imports the whole pipeline; check needs it only here
+
+    try:
+        settings = Settings.from_env(env)
+        collector = Collector(settings, sinks=[], environ=env, clock=clock)
+        tenants = collector.tenants()
+    except CollectorError as err:
+        yield Step("settings", Verdict.FAIL, str(err))
+        return
+    except Exception as err:  # e.g. the tenant registry table cannot be read
+        yield Step("settings", Verdict.FAIL, f"could not load the tenants: {type(err).__name__}: {err}")
+        return
+    if not tenants:
+        yield Step("settings", Verdict.FAIL, "no enabled tenant (O365_TENANT_ID, O365_TENANTS or the tenant registry)")
+    else:
+        types = sorted({ct for t in tenants for ct in t.content_types})
+        sinks = ", ".join(s.name for s in settings.sinks)
+        yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); content types {', '.join(types)}; sinks {sinks}")
+    for tenant in tenants:
+        yield from tenant_steps(tenant, settings, confirm=confirm, clock=clock)
+    yield storage_step(settings)
+    yield from sink_steps(settings)
+
+
+# -- the tenant's side ------------------------------------------------------------------------------
+
+
+def tenant_steps(
+    tenant: TenantConfig, settings: Settings, *, confirm: Confirm, clock: Callable[[], dt.datetime]
+) -> Iterator[Step]:
+    subject = tenant.tenant_id
+    dependent = ("permissions", "subscriptions", "audit logging", "clock")
+    try:
+        tokens = TokenProvider(tenant)
+        token = tokens.get_token()
+    except Exception as err:
+        yield Step("token", Verdict.FAIL, explain_token_failure(err, tenant), subject)
+        yield from (Step(name, Verdict.SKIP, "needs a token", subject) for name in dependent)
+        return
+    yield Step("token", Verdict.OK, f"obtained from {tenant.authority_host} for {tenant.token_scope}", subject)
+    yield roles_step(token, tenant)
+
+    # A diagnosis should answer in seconds: two attempts, a short retry budget.
+    policy = dataclasses.replace(settings.http, max_attempts=2, max_retry_seconds=10.0)
+    api = ManagementApiClient(tenant, tokens=tokens, policy=policy)
+    before = clock()
+    try:
+        listed, date_header = api.list_subscriptions_with_date()
+    except CollectorError as err:
+        if is_audit_off(err):
+            yield Step("subscriptions", Verdict.SKIP, "needs unified audit logging", subject)
+            yield Step("audit logging", Verdict.FAIL, AUDIT_OFF_HINT.format(tenant=tenant.tenant_id), subject)
+        else:
+            yield Step("subscriptions", Verdict.FAIL, f"could not list them: {err}", subject)
+            yield Step("audit logging", Verdict.SKIP, "needs an answer from the API", subject)
+        yield Step("clock", Verdict.SKIP, "needs an answer from the API", subject)
+        return
+    after = clock()
+    server_now = parse_http_date(date_header)
+
+    step, enabled = subscriptions_step(api, tenant, listed, confirm)
+    yield step
+    yield audit_step(api, tenant, enabled, server_now or after)
+    yield clock_step(server_now, before + (after - before) / 2, subject)
+
+
+def explain_token_failure(err: BaseException, tenant: TenantConfig) -> str:
+    text = str(err)
+    for code, hint in AADSTS_HINTS.items():
+        if code in text:
+            return f"{code}: {hint}"
+    if "Unable to get authority configuration" in text or "AADSTS90002" in text:
+        return WRONG_TENANT_HINT
+    if isinstance(err, ApiTransientError | ServiceRequestError):
+        return f"{text}: check the network path (proxy, firewall, REQUESTS_CA_BUNDLE) to {tenant.authority_host}"
+    return f"{type(err).__name__}: {text}" if not isinstance(err, CollectorError) else text
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT access token, decoded from its payload segment.
+
+    The signature is deliberately NOT verified: this only reads what the token says, to tell the admin
+    which permissions Entra granted; the API verifies every token itself. Never use this for access decisions.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def roles_step(token: str, tenant: TenantConfig) -> Step:
+    claims = token_claims(token)
+    if claims is None:
+        return Step("permissions", Verdict.FAIL, "the token is not a JWT: its roles cannot be read", tenant.tenant_id)
+    raw = claims.get("roles")
+    roles = {str(r) for r in raw} if isinstance(raw, list) else set()
+    needed = [READ_ROLE] + ([DLP_ROLE] if DLP_TYPE in tenant.content_types else [])
+    missing = [role for role in needed if role not in roles]
+    if missing:
+        detail = "; ".join(MISSING_ROLE_HINT.format(role=role) for role in missing)
+        if missing == [DLP_ROLE]:
+            detail += f" (or remove {DLP_TYPE} from the content types)"
+        return Step("permissions", Verdict.FAIL, detail, tenant.tenant_id)
+    return Step("permissions", Verdict.OK, f"the token's roles include {', '.join(needed)}", tenant.tenant_id)
+
+
+def subscriptions_step(
+    api: ManagementApiClient, tenant: TenantConfig, listed: Sequence[dict[str, Any]], confirm: Confirm
+) -> tuple[Step, list[str]]:
+    """The step and the configured content types whose subscription is enabled (after any start)."""
+    subject = tenant.tenant_id
+    state = {str(s.get("contentType")): str(s.get("status") or "") for s in listed}
+    not_enabled = [ct for ct in tenant.content_types if state.get(ct, "").lower() != "enabled"]
+    if not not_enabled:
+        return Step("subscriptions", Verdict.OK, f"enabled for {', '.join(tenant.content_types)}", subject), list(
+            tenant.content_types
+        )
+    described = ", ".join(f"{ct} {state.get(ct) or 'not started'}" for ct in not_enabled)
+    question = f"tenant {tenant.tenant_id}: {described}. Start them now?"
+    if not confirm(question):
+        enabled = [ct for ct in tenant.content_types if ct not in not_enabled]
+        return Step("subscriptions", Verdict.FAIL, f"{described}: {SUBSCRIPTIONS_HINT}", subject), enabled
+    failed: list[str] = []
+    for content_type in not_enabled:
+        try:
+            api.start_subscription(content_type)
+        except CollectorError as err:
+            failed.append(f"{content_type}: {err}")
+    if failed:
+        started = [ct for ct in not_enabled if not any(f.startswith(ct + ":") for f in failed)]
+        enabled = [ct for ct in tenant.content_types if ct not in not_enabled or ct in started]
+        return Step("subscriptions", Verdict.FAIL, "could not start " + "; ".join(failed), subject), enabled
+    detail = f"started {', '.join(not_enabled)}; enabled for {', '.join(tenant.content_types)}"
+    return Step("subscriptions", Verdict.OK, detail, subject), list(tenant.content_types)
+
+
+def audit_step(api: ManagementApiClient, tenant: TenantConfig, enabled: Sequence[str], now: dt.datetime) -> Step:
+    """List the last hour of one enabled content type: the call that says "does not exist" when auditing is off."""
+    subject = tenant.tenant_id
+    if not enabled:
+        return Step("audit logging", Verdict.SKIP, "needs an enabled subscription to list", subject)
+    content_type = enabled[0]
+    window = TimeWindow(now - dt.timedelta(hours=1), now - dt.timedelta(minutes=1))
+    try:
+        next(api.list_content(content_type, window), None)  # the first page answers the question
+    except CollectorError as err:
+        if is_audit_off(err):
+            return Step("audit logging", Verdict.FAIL, AUDIT_OFF_HINT.format(tenant=tenant.tenant_id), subject)
+        return Step("audit logging", Verdict.FAIL, f"listing {content_type} failed: {err}", subject)
+    return Step("audit logging", Verdict.OK, f"on (the API listed {content_type} for the last hour)", subject)
+
+
+def is_audit_off(err: CollectorError) -> bool:
+    # The client turns the service's "DataServiceException: Tenant … does not exist" into this hint.
+    return "unified audit logging appears to be off" in str(err) or getattr(err, "code", None) == "AF20011"
+
+
+def parse_http_date(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def clock_step(server: dt.datetime | None, local: dt.datetime, subject: str) -> Step:
+    if server is None:
+        return Step("clock", Verdict.SKIP, "the API sent no usable Date header", subject)
+    skew = local - server
+    seconds = abs(skew.total_seconds())
+    if abs(skew) > MAX_CLOCK_SKEW:
+        direction = "ahead of" if skew > dt.timedelta(0) else "behind"
+        return Step(
+            "clock",
+            Verdict.FAIL,
+            f"this machine's clock is {seconds / 60:.1f} min {direction} the API's: {CLOCK_HINT}",
+            subject,
+        )
+    return Step("clock", Verdict.OK, f"within {seconds:.0f} s of the API's clock", subject)
+
+
+# -- our own side -----------------------------------------------------------------------------------
+
+
+def storage_step(settings: Settings, storage: StorageClients | None = None) -> Step:
+    """Every queue and table answers (a missing one is fine: the collector creates it on its first run)."""
+    clients = storage or StorageClients(settings.storage)
+    # One quick attempt each: a diagnosis reports an unreachable account instead of backing off for a minute.
+    quick: dict[str, Any] = {"retry_total": 0, "connection_timeout": 10}
+    found: list[str] = []
+    try:
+        for name in (settings.content_queue, settings.poison_queue):
+            try:
+                count = clients.queue(name).get_queue_properties(**quick).approximate_message_count
+                found.append(f"queue {name} ({count} messages)")
+            except ResourceNotFoundError:
+                found.append(f"queue {name} (created on the first run)")
+        for name in (settings.checkpoint_table, settings.ledger_table, settings.status_table):
+            try:
+                rows = clients.table(name).list_entities(results_per_page=1, select=["PartitionKey"], **quick)
+                next(iter(rows), None)
+                found.append(f"table {name}")
+            except ResourceNotFoundError:
+                found.append(f"table {name} (created on the first run)")
+    except Exception as err:
+        return Step("storage", Verdict.FAIL, explain_storage_failure(err, settings))
+    return Step("storage", Verdict.OK, "; ".join(found))
+
+
+def explain_storage_failure(err: BaseException, settings: Settings) -> str:
+    where = settings.storage.queue_service_uri or "the account in AzureWebJobsStorage"
+    if isinstance(err, ServiceRequestError):
+        return f"cannot reach {where}: check AzureWebJobsStorage (locally: is Azurite running?) ({err})"
+    if isinstance(err, ClientAuthenticationError) or (isinstance(err, HttpResponseError) and err.status_code == 403):
+        return (
+            f"access to {where} was refused: with a connection string check its key; with an identity grant it "
+            f"Storage Queue Data Contributor and Storage Table Data Contributor ({str(err).splitlines()[0]})"
+        )
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def sink_steps(settings: Settings) -> Iterator[Step]:
+    for sink_settings in settings.sinks:
+        name = f"sink {sink_settings.name}"
+        try:
+            sink = sink_settings.create()
+        except Exception as err:
+            yield Step(name, Verdict.FAIL, f"could not be created: {err}")
+            continue
+        try:
+            sink.check()
+        except Exception as err:
+            yield Step(name, Verdict.FAIL, str(err) or type(err).__name__)
+        else:
+            yield Step(name, Verdict.OK, "reachable and accepting our credentials")
+        finally:
+            sink.close()

@@ -1,0 +1,403 @@
+"""The collector's state in one report: what ``status`` prints and the ``health`` function returns.
+
+Per tenant and content type: the checkpoint and the lag behind now, the last run and the last
+successful one, the last error, the blobs in the poison queue and those expired before delivery.
+The report is unhealthy (HTTP 503 from ``health``) when, per ``HealthPolicy``:
+
+- a stream has had no successful listing for ``O365_HEALTH_MAX_LISTING_AGE_MINUTES`` (offline);
+- a stream's last listing run met more than ``O365_HEALTH_MAX_THROTTLED`` throttled responses;
+- content was lost within ``O365_HEALTH_LOST_DATA_HOURS`` (expired at the source, or unlistable
+  after an outage longer than the API's 7-day retention);
+- the poison queue holds more than ``O365_HEALTH_MAX_POISON`` messages (content not delivered yet).
+
+Sources: the checkpoint table (cursor), the status table (runs, errors, losses; see ``status``) and
+the queues (approximate counts; the poison queue's split per stream comes from peeking at most 32
+messages, flagged as a sample when the queue holds more). Reading is cheap: a few table queries,
+two queue property calls and one peek; no API call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.queue import QueueClient
+
+from .config import HealthPolicy
+from .errors import MessageFormatError
+from .models import FetchTask
+from .status import LostBlob, StreamStatus
+
+if TYPE_CHECKING:
+    from .runtime import Collector
+
+log = logging.getLogger(__name__)
+
+PEEK_MAX = 32  # the queue service's limit for one peek
+
+StreamKey = tuple[str, str]
+
+
+@dataclass
+class StreamReport:
+    tenant_id: str
+    content_type: str
+    checkpoint: dt.datetime | None = None
+    lag_seconds: float | None = None
+    status: StreamStatus | None = None
+    poisoned: int = 0
+    expired: int = 0
+    expired_recent: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        """The later of the last listing error and the last fetch error."""
+        s = self.status
+        if s is None:
+            return None
+        candidates = []
+        if s.last_error_at is not None:
+            candidates.append((s.last_error_at, "listing", s.last_error_code, s.last_error))
+        if s.fetch_error_at is not None:
+            candidates.append((s.fetch_error_at, "fetch", s.fetch_error_code, s.fetch_error))
+        if not candidates:
+            return None
+        at, source, code, message = max(candidates, key=lambda c: c[0])
+        return {"at": _iso(at), "source": source, "code": code, "message": message}
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.status or StreamStatus(self.tenant_id, self.content_type)
+        span = None
+        if s.lost_span_from is not None:
+            span = {"from": _iso(s.lost_span_from), "to": _iso(s.lost_span_to), "at": _iso(s.lost_span_at)}
+        return {
+            "tenant_id": self.tenant_id,
+            "content_type": self.content_type,
+            "healthy": not self.problems,
+            "checkpoint": _iso(self.checkpoint),
+            "lag_seconds": self.lag_seconds,
+            "last_run_at": _iso(s.last_run_at),
+            "last_success_at": _iso(s.last_success_at),
+            "last_outcome": s.last_outcome,
+            "last_error": self.last_error,
+            "last_run": {
+                "windows": s.windows,
+                "windows_left": s.windows_left,
+                "blobs_listed": s.blobs_listed,
+                "blobs_enqueued": s.blobs_enqueued,
+                "throttled": s.throttled,
+                "seconds": s.run_seconds,
+            },
+            "blobs_poisoned": self.poisoned,
+            "blobs_expired": self.expired,
+            "blobs_expired_recent": self.expired_recent,
+            "unlistable_span": span,
+            "problems": self.problems,
+        }
+
+
+@dataclass
+class QueueCounts:
+    content: int | None = None
+    poison: int | None = None
+    poison_peeked: int = 0
+    poison_unreadable: int = 0
+
+    @property
+    def poison_sampled(self) -> bool:
+        """True when the per-stream poison counts cover only the first messages of a longer queue."""
+        return self.poison is not None and self.poison > self.poison_peeked
+
+
+@dataclass
+class StatusReport:
+    checked_at: dt.datetime
+    policy: HealthPolicy
+    content_queue: str
+    poison_queue: str
+    streams: list[StreamReport] = field(default_factory=list)
+    queues: QueueCounts = field(default_factory=QueueCounts)
+    lost: list[LostBlob] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "status": "healthy" if self.healthy else "unhealthy",
+            "checked_at": _iso(self.checked_at),
+            "problems": self.problems,
+            "thresholds": {
+                "max_listing_age_minutes": self.policy.max_listing_age.total_seconds() / 60,
+                "max_throttled": self.policy.max_throttled,
+                "lost_data_hours": self.policy.lost_data_lookback.total_seconds() / 3600,
+                "max_poison": self.policy.max_poison,
+            },
+            "queues": {
+                "content": {"name": self.content_queue, "messages": self.queues.content},
+                "poison": {
+                    "name": self.poison_queue,
+                    "messages": self.queues.poison,
+                    "peeked": self.queues.poison_peeked,
+                    "sampled": self.queues.poison_sampled,
+                    "unreadable": self.queues.poison_unreadable,
+                },
+            },
+            "streams": [s.to_dict() for s in self.streams],
+        }
+
+    def to_json(self, *, indent: bool = False) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+def build_report(collector: Collector, now: dt.datetime | None = None) -> StatusReport:
+    """Read the state of every configured stream and judge it against the health policy."""
+    now = now or collector.clock()
+    settings = collector.settings
+    report = StatusReport(now, settings.health, settings.content_queue, settings.poison_queue)
+    streams = [(t.tenant_id, ct) for t in collector.tenants() for ct in t.content_types]
+    try:
+        cursors = {(c.tenant_id, c.content_type): c.cursor for c in collector.checkpoints.list()}
+    except ResourceNotFoundError:
+        cursors = {}  # no run has created the table yet
+    rows = collector.status.list_streams()
+    report.lost = collector.status.list_lost()
+    report.queues, poisoned = count_queues(collector.queue, collector.poison_queue)
+    for key in streams:
+        report.streams.append(
+            _stream_report(key, cursors.get(key), rows.get(key), report.lost, poisoned.get(key, 0), now)
+        )
+    judge(report, now)
+    return report
+
+
+def count_queues(queue: QueueClient, poison: QueueClient) -> tuple[QueueCounts, dict[StreamKey, int]]:
+    counts = QueueCounts(content=_approximate_count(queue), poison=_approximate_count(poison))
+    per_stream: Counter[StreamKey] = Counter()
+    if counts.poison:
+        try:
+            peeked = poison.peek_messages(max_messages=PEEK_MAX)
+        except ResourceNotFoundError:
+            peeked = []
+        for message in peeked:
+            counts.poison_peeked += 1
+            try:
+                task = FetchTask.from_message(message.content)
+            except MessageFormatError:
+                counts.poison_unreadable += 1
+                continue
+            per_stream[(task.tenant_id, task.content_type)] += 1
+    return counts, dict(per_stream)
+
+
+def _approximate_count(queue: QueueClient) -> int | None:
+    try:
+        return int(queue.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0  # not created yet: nothing was ever queued
+
+
+def _stream_report(
+    key: StreamKey,
+    cursor: dt.datetime | None,
+    row: StreamStatus | None,
+    lost: Sequence[LostBlob],
+    poisoned: int,
+    now: dt.datetime,
+) -> StreamReport:
+    tenant_id, content_type = key
+    mine = [b for b in lost if b.tenant_id == tenant_id and b.content_type == content_type]
+    return StreamReport(
+        tenant_id=tenant_id,
+        content_type=content_type,
+        checkpoint=cursor,
+        lag_seconds=round((now - cursor).total_seconds(), 1) if cursor is not None else None,
+        status=row,
+        poisoned=poisoned,
+        expired=len(mine),
+    )
+
+
+def judge(report: StatusReport, now: dt.datetime) -> None:
+    """Fill in the problems of each stream and of the whole report, per the health policy."""
+    policy = report.policy
+    lookback = policy.lost_data_lookback
+    for stream in report.streams:
+        s = stream.status
+        name = f"{stream.tenant_id} {stream.content_type}"
+        if s is None or s.last_run_at is None:
+            stream.problems.append("no listing run recorded yet: is the list_content timer running?")
+        elif s.last_success_at is None or now - s.last_success_at > policy.max_listing_age:
+            since = f"for {_age(now - s.last_success_at)}" if s.last_success_at else "since status was recorded"
+            why = ""
+            if s.last_outcome == "starved":
+                why = " (each run's time budget ran out before this stream's turn)"
+            elif (s.last_error_code or s.last_error) and _since_success(s.last_error_at, s.last_success_at):
+                why = f" (last error: {_with_code(s.last_error_code, s.last_error)})"
+            stream.problems.append(f"no successful listing {since}{why}")
+        if s is not None and s.throttled > policy.max_throttled:
+            stream.problems.append(
+                f"{s.throttled} throttled responses in the last listing run (threshold {policy.max_throttled})"
+            )
+        if lookback > dt.timedelta(0):
+            # Counted here, not when loading: the lookback is a policy, the losses are facts.
+            stream.expired_recent = _recent_losses(report, stream, now - lookback)
+            hours = lookback.total_seconds() / 3600
+            if stream.expired_recent:
+                stream.problems.append(
+                    f"{stream.expired_recent} content blobs expired at the source before delivery "
+                    f"in the last {hours:g} h"
+                )
+            if s is not None and s.lost_span_at is not None and s.lost_span_at >= now - lookback:
+                stream.problems.append(
+                    f"content created {_iso(s.lost_span_from)} .. {_iso(s.lost_span_to)} could no longer be listed "
+                    "(collection stopped for longer than the API's 7-day retention)"
+                )
+        report.problems.extend(f"{name}: {p}" for p in stream.problems)
+    poison = report.queues.poison or 0
+    if poison > policy.max_poison:
+        report.problems.append(
+            f"{poison} messages in the poison queue {report.poison_queue}: fix the cause (see the last errors), "
+            "then run `python -m o365collector replay-poison`"
+        )
+
+
+def _since_success(error_at: dt.datetime | None, success_at: dt.datetime | None) -> bool:
+    """Whether an error is news: it happened after the last success (an older one was recovered from)."""
+    return success_at is None or (error_at is not None and error_at >= success_at)
+
+
+def _recent_losses(report: StatusReport, stream: StreamReport, since: dt.datetime) -> int:
+    return sum(
+        1
+        for b in report.lost
+        if b.tenant_id == stream.tenant_id
+        and b.content_type == stream.content_type
+        and b.lost_at is not None
+        and b.lost_at >= since
+    )
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _age(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 0:
+        return "in the future"
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _ago(value: dt.datetime | None, now: dt.datetime) -> str:
+    return f"{_age(now - value)} ago" if value is not None else "never"
+
+
+def render_table(report: StatusReport) -> str:
+    """The human view: one line per stream, then the queues, then what is wrong."""
+    now = report.checked_at
+    header = (
+        *("TENANT", "CONTENT TYPE", "CHECKPOINT", "LAG", "LAST RUN"),
+        *("LAST SUCCESS", "POISON", "EXPIRED", "LAST ERROR"),
+    )
+    rows: list[tuple[str, ...]] = []
+    sampled = "+" if report.queues.poison_sampled else ""
+    for stream in report.streams:
+        s = stream.status
+        error = stream.last_error
+        rows.append(
+            (
+                stream.tenant_id,
+                stream.content_type,
+                stream.checkpoint.strftime("%Y-%m-%d %H:%M") if stream.checkpoint else "-",
+                _age(dt.timedelta(seconds=stream.lag_seconds)) if stream.lag_seconds is not None else "-",
+                _ago(s.last_run_at if s else None, now),
+                _ago(s.last_success_at if s else None, now),
+                f"{stream.poisoned}{sampled}",
+                str(stream.expired),
+                _error_text(error, now),
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    q = report.queues
+    lines.append("")
+    lines.append(f"content queue {report.content_queue}: {_count(q.content)} messages")
+    poison_line = f"poison queue {report.poison_queue}: {_count(q.poison)} messages"
+    if q.poison_sampled:
+        poison_line += f" (per-stream counts above are from the first {q.poison_peeked}, marked +)"
+    if q.poison_unreadable:
+        poison_line += f"; {q.poison_unreadable} unreadable"
+    lines.append(poison_line)
+    lines.append("")
+    if report.healthy:
+        lines.append("HEALTHY")
+    else:
+        lines.append(f"UNHEALTHY: {len(report.problems)} problem(s)")
+        lines.extend(f"  - {p}" for p in report.problems)
+    return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _error_text(error: dict[str, Any] | None, now: dt.datetime) -> str:
+    if error is None:
+        return "-"
+    at = dt.datetime.fromisoformat(str(error["at"]).replace("Z", "+00:00"))
+    message = _with_code(error.get("code"), error.get("message"))
+    if len(message) > 100:
+        message = message[:97] + "..."
+    return f"{_ago(at, now)} ({error['source']}): {message}"
+
+
+def _with_code(code: str | None, message: str | None) -> str:
+    """The message, led by its code unless it already names it (the client's messages do)."""
+    text = message or ""
+    if code and code not in text:
+        text = f"{code}: {text}" if text else code
+    return text
+
+
+# -- the health function -------------------------------------------------------------------------------
+
+
+def health_response(get_collector: Callable[[], Collector]) -> tuple[int, bytes]:
+    """(HTTP status, JSON body) for the health endpoint: 200 when healthy, 503 otherwise.
+
+    A collector that cannot even read its own state (bad settings, storage unreachable) is reported
+    as unhealthy with the reason, never as an unhandled 500 that an uptime checker can't explain.
+    """
+    try:
+        report = build_report(get_collector())
+    except Exception as err:
+        log.error("health check could not read the collector's state: %s", err)
+        body = {"healthy": False, "status": "unhealthy", "problems": [f"status unavailable: {err}"]}
+        return 503, orjson.dumps(body)
+    return (200 if report.healthy else 503), report.to_json()

@@ -1,0 +1,219 @@
+"""What the collector last did, per tenant and content type, in Table Storage (``O365_STATUS_TABLE``).
+
+Written as a side effect of the work, read by ``status``, the ``health`` function and ``check``:
+
+- a **stream row** (PartitionKey = tenant id, RowKey = ``stream|<content type>``), merged once per stream
+  per lister run: when it ran, whether it succeeded, its last error, its counters and lag. A fetch
+  failure merges its own ``Fetch*`` fields into the same row: failures only, so a healthy pipeline
+  writes nothing per blob;
+- a **lost row** per content blob the source expired before we fetched it (RowKey =
+  ``lost|<content type>|<sha256 of the content id>``). Table Storage has no atomic counter; one
+  idempotent row per blob keeps the count exact even when a message is delivered twice.
+
+Writes are merges (upsert, no ETag): status is advisory, last writer wins, and it never gates the work.
+The runtime logs a failed status write at WARNING and carries on; nothing here touches checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from .lister import StreamResult
+from .models import FetchTask, utc
+
+STREAM_PREFIX = "stream|"
+LOST_PREFIX = "lost|"
+MAX_MESSAGE_CHARS = 1000  # table properties hold 32 K characters; an error message needs far fewer
+
+
+def stream_succeeded(stream: StreamResult) -> bool:
+    """A listing counts as successful when it raised nothing and was not starved by the run's time budget.
+
+    A stream that listed no window while windows were left (other streams used the budget) made no
+    progress: counting that as success would hide a collector that silently stopped moving.
+    """
+    return stream.ok and not (stream.windows == 0 and stream.windows_left > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """The stream row as read back."""
+
+    tenant_id: str
+    content_type: str
+    last_run_at: dt.datetime | None = None
+    last_success_at: dt.datetime | None = None
+    last_outcome: str | None = None  # "ok", "failed" or "starved"
+    last_error_at: dt.datetime | None = None
+    last_error_code: str | None = None
+    last_error: str | None = None
+    fetch_error_at: dt.datetime | None = None
+    fetch_error_code: str | None = None
+    fetch_error: str | None = None
+    run_seconds: float | None = None
+    windows: int = 0
+    windows_left: int = 0
+    blobs_listed: int = 0
+    blobs_enqueued: int = 0
+    throttled: int = 0
+    lag_seconds: float | None = None
+    lost_span_from: dt.datetime | None = None
+    lost_span_to: dt.datetime | None = None
+    lost_span_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LostBlob:
+    tenant_id: str
+    content_type: str
+    content_id: str
+    content_created: dt.datetime | None
+    lost_at: dt.datetime | None
+    reason: str
+
+
+def _time(value: Any) -> dt.datetime | None:
+    return utc(value) if isinstance(value, dt.datetime) else None
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _error_code(err: BaseException) -> str:
+    code = getattr(err, "code", None)
+    return str(code) if code else type(err).__name__
+
+
+class StatusStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def record_run(self, stream: StreamResult, now: dt.datetime, seconds: float | None = None) -> None:
+        """One merge per stream per lister run."""
+        succeeded = stream_succeeded(stream)
+        entity: dict[str, Any] = {
+            "PartitionKey": stream.tenant_id,
+            "RowKey": STREAM_PREFIX + stream.content_type,
+            "ContentType": stream.content_type,
+            "LastRunAt": now,
+            "LastOutcome": "ok" if succeeded else ("failed" if not stream.ok else "starved"),
+            "Windows": stream.windows,
+            "WindowsLeft": stream.windows_left,
+            "BlobsListed": stream.blobs_listed,
+            "BlobsEnqueued": stream.blobs_enqueued,
+            "Throttled": stream.throttled,
+            # -1: no checkpoint yet. A merge cannot clear a property (None is not sent), so a sentinel it is.
+            "LagSeconds": float(stream.lag_seconds) if stream.lag_seconds is not None else -1.0,
+        }
+        if seconds is not None:
+            entity["RunSeconds"] = float(seconds)
+        if succeeded:
+            entity["LastSuccessAt"] = now
+        if not stream.ok:
+            entity["LastErrorAt"] = now
+            entity["LastErrorCode"] = stream.error_code or ""
+            entity["LastError"] = (stream.error or "")[:MAX_MESSAGE_CHARS]
+        if stream.lost_from is not None and stream.lost_to is not None:
+            entity["LostSpanFrom"] = stream.lost_from
+            entity["LostSpanTo"] = stream.lost_to
+            entity["LostSpanAt"] = now
+        self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    def record_fetch_error(self, task: FetchTask, err: BaseException, now: dt.datetime) -> None:
+        self._table.upsert_entity(
+            {
+                "PartitionKey": task.tenant_id,
+                "RowKey": STREAM_PREFIX + task.content_type,
+                "ContentType": task.content_type,
+                "FetchErrorAt": now,
+                "FetchErrorCode": _error_code(err),
+                "FetchError": str(err)[:MAX_MESSAGE_CHARS],
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    def record_lost(self, task: FetchTask, reason: str, now: dt.datetime) -> None:
+        digest = hashlib.sha256(task.content_id.encode()).hexdigest()
+        self._table.upsert_entity(
+            {
+                "PartitionKey": task.tenant_id,
+                "RowKey": f"{LOST_PREFIX}{task.content_type}|{digest}",
+                "ContentType": task.content_type,
+                "ContentId": task.content_id,
+                "ContentCreated": task.content_created,
+                "LostAt": now,
+                "Reason": reason[:MAX_MESSAGE_CHARS],
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def list_streams(self) -> dict[tuple[str, str], StreamStatus]:
+        """Every stream row of every tenant, keyed by (tenant id, content type)."""
+        rows = self._query(STREAM_PREFIX)
+        found: dict[tuple[str, str], StreamStatus] = {}
+        for e in rows:
+            content_type = str(e["RowKey"])[len(STREAM_PREFIX) :]
+            lag = e.get("LagSeconds")
+            found[(str(e["PartitionKey"]), content_type)] = StreamStatus(
+                tenant_id=str(e["PartitionKey"]),
+                content_type=content_type,
+                last_run_at=_time(e.get("LastRunAt")),
+                last_success_at=_time(e.get("LastSuccessAt")),
+                last_outcome=_str(e.get("LastOutcome")),
+                last_error_at=_time(e.get("LastErrorAt")),
+                last_error_code=_str(e.get("LastErrorCode")),
+                last_error=_str(e.get("LastError")),
+                fetch_error_at=_time(e.get("FetchErrorAt")),
+                fetch_error_code=_str(e.get("FetchErrorCode")),
+                fetch_error=_str(e.get("FetchError")),
+                run_seconds=float(e["RunSeconds"]) if e.get("RunSeconds") is not None else None,
+                windows=int(e.get("Windows") or 0),
+                windows_left=int(e.get("WindowsLeft") or 0),
+                blobs_listed=int(e.get("BlobsListed") or 0),
+                blobs_enqueued=int(e.get("BlobsEnqueued") or 0),
+                throttled=int(e.get("Throttled") or 0),
+                lag_seconds=float(lag) if isinstance(lag, int | float) and lag >= 0 else None,
+                lost_span_from=_time(e.get("LostSpanFrom")),
+                lost_span_to=_time(e.get("LostSpanTo")),
+                lost_span_at=_time(e.get("LostSpanAt")),
+            )
+        return found
+
+    def list_lost(self) -> list[LostBlob]:
+        """Every content blob recorded as lost at the source, oldest loss first."""
+        lost = [
+            LostBlob(
+                tenant_id=str(e["PartitionKey"]),
+                content_type=str(e.get("ContentType") or ""),
+                content_id=str(e.get("ContentId") or ""),
+                content_created=_time(e.get("ContentCreated")),
+                lost_at=_time(e.get("LostAt")),
+                reason=str(e.get("Reason") or ""),
+            )
+            for e in self._query(LOST_PREFIX)
+        ]
+        return sorted(lost, key=lambda b: b.lost_at or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+    def _query(self, prefix: str) -> list[dict[str, Any]]:
+        # A RowKey range over every partition (one per tenant): a scan, but of a small table. "|" + 1 is "}".
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        try:
+            return [
+                dict(e)
+                for e in self._table.query_entities(
+                    "RowKey ge @low and RowKey lt @high", parameters={"low": prefix, "high": upper}
+                )
+            ]
+        except ResourceNotFoundError:
+            return []  # no run has written status yet
