@@ -22,10 +22,14 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.pipeline.transport import RequestsTransport
 
 from bench.workload import BlobBody
 from o365collector.azurite import Azurite, start_azurite
@@ -100,11 +104,15 @@ class ReceiverStats:
 
 
 class FastReceiver:
-    """A loopback HTTP ingest endpoint that inflates and counts NDJSON lines, and keeps nothing else."""
+    """A loopback HTTP ingest endpoint that inflates and counts NDJSON lines, and keeps nothing else.
 
-    def __init__(self) -> None:
+    ``clock`` stamps accepted requests (epoch seconds); a benchmark that moves time passes its own.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.stats = ReceiverStats()
         self.refusing = False
+        self._clock = clock
         self._lock = threading.Lock()
         receiver = self
 
@@ -126,7 +134,7 @@ class FastReceiver:
                     self._answer(503)
                     return
                 body = zlib.decompress(raw, wbits=31) if self.headers.get("Content-Encoding") == "gzip" else raw
-                now = time.time()
+                now = receiver._clock()
                 content_id = self.headers.get("X-O365-Content-Id", "")
                 with receiver._lock:
                     stats = receiver.stats
@@ -161,6 +169,22 @@ class FastReceiver:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class SteppedClock:
+    """The real clock plus an offset that only grows: a benchmark jumps over idle time instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta(0)
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+    def advance(self, delta: dt.timedelta) -> None:
+        self.offset += max(delta, dt.timedelta(0))
+
+    def advance_to(self, when: dt.datetime) -> None:
+        self.advance(when - self())
 
 
 # -- the simulator and the receiver in a child process -------------------------------------------
@@ -238,6 +262,63 @@ class Services:
             self._conn.send("stop")
             self._conn.recv()
         self._process.join(10)
+
+
+# -- storage transactions --------------------------------------------------------------------
+
+
+@dataclass
+class StorageCounter:
+    """Counts the storage account's REST calls by service, resource and operation (each is one billed transaction)."""
+
+    queue_port: int
+    table_port: int
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    def classify(self, method: str, url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url)
+        segments = [s for s in parts.path.split("/") if s][1:]  # drop the account name
+        query = parts.query
+        if parts.port == self.queue_port:
+            name = segments[0] if segments else "(account)"
+            if len(segments) == 1:
+                op = "properties" if "comp=metadata" in query and method == "GET" else f"{method} queue"
+            elif len(segments) == 2:
+                op = {"POST": "put message", "GET": "get messages", "DELETE": "clear"}.get(method, method)
+            else:
+                op = {"DELETE": "delete message", "PUT": "update message"}.get(method, method)
+            return "queue", name, op
+        if parts.port != self.table_port:
+            return "other", parts.netloc, method  # azure-identity's token calls use the same transport
+        head = segments[0] if segments else "(account)"
+        if head.startswith("Tables"):
+            return "table", "(tables)", f"{method} table"
+        name, _, keys = head.partition("(")
+        if method == "GET":
+            op = "read entity" if "RowKey=" in keys else "query"
+        elif method == "POST":
+            op = "insert entity"
+        elif method == "DELETE":
+            op = "delete entity"
+        else:
+            op = "update entity"
+        return "table", name, op
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[StorageCounter]:
+        """Count every request azure-core's requests transport sends while inside the block."""
+        original = RequestsTransport.send
+        counter = self
+
+        def send(transport: RequestsTransport, request: Any, **kwargs: Any) -> Any:
+            counter.counts[counter.classify(request.method, request.url)] += 1
+            return original(transport, request, **kwargs)
+
+        RequestsTransport.send = send
+        try:
+            yield self
+        finally:
+            RequestsTransport.send = original
 
 
 @contextlib.contextmanager

@@ -74,5 +74,9 @@ class TokenProvider:
             message = explain_auth_error(err)
             if any(code in message for code in AADSTS_HINTS):
                 raise ApiPermanentError(message, code=message.split(":")[0]) from err
+            if "authority configuration" in message:
+                # MSAL's answer when the login host does not know the tenant (no AADSTS code survives).
+                hint = "the tenant (O365_TENANT_ID) is unknown to the login host: check the tenant id and O365_CLOUD"
+                raise ApiPermanentError(f"AADSTS90002: {hint}", code="AADSTS90002") from err
             # Network trouble or a login-service hiccup: worth retrying.
             raise ApiTransientError(message) from err

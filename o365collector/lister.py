@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,12 +139,16 @@ class Lister:
         self._concurrency = concurrency
         self._per_tenant = per_tenant_concurrency
         self._broken: dict[str, CollectorError] = {}
+        self._signed_in: set[str] = set()
+        self._gates: dict[str, threading.Lock] = {}
+        self._gates_lock = threading.Lock()
         self._deadline = 0.0
 
     def run(self) -> ListerResult:
         started = self._monotonic()
         self._deadline = started + self._policy.list_budget.total_seconds()
         self._broken = {}
+        self._signed_in = set()
         # Content type major, tenant minor: the first steps touch every tenant once before any tenant twice.
         width = max((len(t.content_types) for t in self._tenants), default=0)
         tasks = [
@@ -179,10 +184,8 @@ class Lister:
         more = False
         started = time.perf_counter()
         try:
-            broken = self._broken.get(task.tenant.tenant_id)
-            if broken is not None:
-                raise broken
             api = self._api_for_tenant(task.tenant.tenant_id)
+            self._sign_in(task.tenant.tenant_id, api)
             with api.counting() as counter:
                 try:
                     if task.windows is None:
@@ -199,7 +202,6 @@ class Lister:
         except CollectorError as err:
             stream.error, stream.error_code = str(err), getattr(err, "code", None)
             if _is_credential_error(err):
-                # Every stream of this tenant would fail the same way: report it once per stream, call once.
                 self._broken.setdefault(task.tenant.tenant_id, err)
         except Exception as err:  # storage or an unexpected fault: report it, keep the other streams going
             log.exception("unexpected failure listing %s", stream.content_type, extra=fields)
@@ -208,6 +210,26 @@ class Lister:
         if not more:
             self._finish(task, fields)
         return more
+
+    def _sign_in(self, tenant_id: str, api: ManagementApiClient) -> None:
+        """Get the tenant's token once per run, before its first stream: a sign-in failure
+        (a wrong or expired secret, missing consent) is the tenant's, so its other streams report it
+        without asking the login service again."""
+        with self._gates_lock:
+            gate = self._gates.setdefault(tenant_id, threading.Lock())
+        with gate:
+            broken = self._broken.get(tenant_id)
+            if broken is not None:
+                raise broken
+            if tenant_id in self._signed_in:
+                return
+            try:
+                api.sign_in()
+            except CollectorError as err:
+                if _is_credential_error(err):
+                    self._broken[tenant_id] = err
+                raise
+            self._signed_in.add(tenant_id)
 
     def _plan(self, task: _StreamTask, fields: dict[str, str]) -> None:
         stream = task.result

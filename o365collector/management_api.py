@@ -168,6 +168,13 @@ class ManagementApiClient:
         if mine is not None:
             setattr(mine, field, getattr(mine, field) + 1)
 
+    def sign_in(self) -> None:
+        """Get (or reuse) the access token now, so a credential problem shows before any listing."""
+        try:
+            self._tokens.get_token()
+        except AzureError as err:  # network failure talking to the login host
+            raise ApiTransientError(f"token request failed: {type(err).__name__}") from err
+
     # -- listing ---------------------------------------------------------------------------
     def list_content(self, content_type: str, window: TimeWindow) -> Iterator[ContentBlob]:
         """Every content blob of ``content_type`` whose contentCreated lies in ``window``, all pages.

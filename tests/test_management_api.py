@@ -249,3 +249,10 @@ def test_malformed_blobs_are_permanent_errors_naming_the_blob(body: bytes) -> No
 
     with pytest.raises(ApiPermanentError, match="content blob abc"):
         _json_array(body, "content blob abc")
+
+
+def test_an_unknown_tenant_is_a_permanent_sign_in_error(simulator: Simulator, make_env: EnvFactory) -> None:
+    tenant = Settings.from_env(make_env(O365_TENANT_ID="99999999-2222-4333-8444-555555555555")).tenants[0]
+    api = ManagementApiClient(tenant, policy=HttpPolicy(backoff_seconds=0.01))
+    with pytest.raises(ApiPermanentError, match=r"AADSTS90002.*O365_TENANT_ID"):
+        api.sign_in()
