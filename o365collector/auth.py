@@ -26,7 +26,8 @@ AADSTS_HINTS: dict[str, str] = {
     "and update O365_CLIENT_SECRET",
     "AADSTS700016": "the app (O365_CLIENT_ID) is not found in the tenant: check the client id "
     "and that the app was consented there",
-    "AADSTS90002": "the tenant (O365_TENANT_ID) does not exist: check the tenant id and O365_CLOUD",
+    "AADSTS90002": "the tenant (O365_TENANT_ID) was not found at the login host: check the tenant id "
+    "(the Directory ID) and O365_CLOUD",
     "AADSTS900023": "the tenant id is malformed: check O365_TENANT_ID",
     "AADSTS50034": "the tenant or account is not found: check O365_TENANT_ID and O365_CLOUD",
 }
@@ -76,7 +77,6 @@ class TokenProvider:
                 raise ApiPermanentError(message, code=message.split(":")[0]) from err
             if "authority configuration" in message:
                 # MSAL's answer when the login host does not know the tenant (no AADSTS code survives).
-                hint = "the tenant (O365_TENANT_ID) is unknown to the login host: check the tenant id and O365_CLOUD"
-                raise ApiPermanentError(f"AADSTS90002: {hint}", code="AADSTS90002") from err
+                raise ApiPermanentError(f"AADSTS90002: {AADSTS_HINTS['AADSTS90002']}", code="AADSTS90002") from err
             # Network trouble or a login-service hiccup: worth retrying.
             raise ApiTransientError(message) from err

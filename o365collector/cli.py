@@ -97,19 +97,24 @@ def list_all(collector: Collector, progress: Progress) -> ListerResult:
     return combined
 
 
-def run_once(collector: Collector, *, drain_seconds: float | None = None) -> int:
-    started = time.monotonic()
-    progress = Progress(log)
-    collector.ensure_resources()
-    listed = list_all(collector, progress)
-    tally = ShipTally()
-    runner = QueueRunner(
+def queue_runner(collector: Collector, tally: ShipTally) -> QueueRunner:
+    """What the host's queue trigger does, for the command line: same handler, same host.json rules."""
+    return QueueRunner(
         collector.queue,
         collector.poison_queue,
         tally.wrap(lambda body, message_id, _count: collector.process_message(body, message_id=message_id)),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )
+
+
+def run_once(collector: Collector, *, drain_seconds: float | None = None) -> int:
+    started = time.monotonic()
+    progress = Progress(log)
+    collector.ensure_resources()
+    listed = list_all(collector, progress)
+    tally = ShipTally()
+    runner = queue_runner(collector, tally)
     drained = runner.drain(max_seconds=drain_seconds, on_progress=progress.on_drain)
     log_run_summary(listed, tally, time.monotonic() - started)
     return report(listed, drained, time.monotonic() - started)
@@ -149,13 +154,7 @@ def run_forever(collector: Collector, interval: float) -> int:
     signal.signal(signal.SIGINT, request_stop)
     collector.ensure_resources()
     tally = ShipTally()
-    runner = QueueRunner(
-        collector.queue,
-        collector.poison_queue,
-        tally.wrap(lambda body, message_id, _count: collector.process_message(body, message_id=message_id)),
-        collector.settings.queue_runner,
-        processing_lease=collector.settings.policy.claim_lease,
-    )
+    runner = queue_runner(collector, tally)
     while not stop["now"]:
         cycle_start = time.monotonic()
         try:

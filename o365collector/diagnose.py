@@ -51,9 +51,7 @@ READ_ROLE = "ActivityFeed.Read"
 DLP_ROLE = "ActivityFeed.ReadDlp"
 DLP_TYPE = "DLP.All"
 
-WRONG_TENANT_HINT = (
-    "the tenant (O365_TENANT_ID) was not found at the login host: check the tenant id (the Directory ID) and O365_CLOUD"
-)
+WRONG_TENANT_HINT = f"AADSTS90002: {AADSTS_HINTS['AADSTS90002']}"
 MISSING_ROLE_HINT = (
     "the token lacks the {role} role: in the app registration add Office 365 Management APIs > {role} "
     "(Application permission), then grant admin consent"
@@ -178,7 +176,7 @@ def explain_token_failure(err: BaseException, tenant: TenantConfig) -> str:
     for code, hint in AADSTS_HINTS.items():
         if code in text:
             return f"{code}: {hint}"
-    if "Unable to get authority configuration" in text or "AADSTS90002" in text:
+    if "Unable to get authority configuration" in text:
         return WRONG_TENANT_HINT
     if isinstance(err, ApiTransientError | ServiceRequestError):
         return f"{text}: check the network path (proxy, firewall, REQUESTS_CA_BUNDLE) to {tenant.authority_host}"

@@ -22,6 +22,8 @@ classify without parsing messages. Messages never contain secrets or record bodi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class CollectorError(Exception):
     """Base of every error the collector raises on purpose."""
@@ -118,3 +120,33 @@ class StorageTransientError(RetryableError):
 
 class MessageFormatError(PermanentError):
     """A queue message is not a content task this version can read."""
+
+
+def error_chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and everything it wraps: ``__cause__``/``__context__``, azure-core's ``inner_exception``,
+    urllib3's ``reason``, exception args. For classifying transport failures by their root cause."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "inner_exception", None),
+            getattr(current, "reason", None),
+            *current.args,
+        ]
+        stack.extend(item for item in linked if isinstance(item, BaseException))
+
+
+def root_reason(causes: list[BaseException], *, limit: int = 200) -> str:
+    """The text of the OS / ssl / http.client error underneath a transport failure: unlike the texts of
+    requests, urllib3 and azure-core, it names no URL (which may carry a key) and no header."""
+    for cause in causes:
+        if not type(cause).__module__.startswith(("azure", "requests", "urllib3")):
+            return (str(cause) or type(cause).__name__)[:limit]
+    return type(causes[0]).__name__

@@ -160,17 +160,10 @@ class Collector:
 
     def record_listing(self, result: ListerResult) -> None:
         """One status upsert per stream (for ``status`` and ``health``); never fails the run."""
-        now = self.clock()
-        for stream in result.streams:
-            try:
-                self.status.record_run(stream, now, stream.seconds)
-            except Exception as err:  # status is advisory: the listing itself succeeded or failed on its own
-                log.warning(
-                    "could not record the status of %s: %s",
-                    stream.content_type,
-                    err,
-                    extra={"tenant_id": stream.tenant_id, "content_type": stream.content_type},
-                )
+        try:
+            self.status.record_runs(result.streams, self.clock())
+        except Exception as err:  # status is advisory: the listing itself succeeded or failed on its own
+            log.warning("could not record the status of this listing run: %s", err)
 
     def process_message(self, body: str | bytes, *, message_id: str) -> FetchResult:
         return self.process_task(FetchTask.from_message(body), message_id=message_id)

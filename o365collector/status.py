@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,22 @@ class StatusStore:
 
     def record_run(self, stream: StreamResult, now: dt.datetime, seconds: float | None = None) -> None:
         """One merge per stream per lister run."""
+        self._table.upsert_entity(self._run_entity(stream, now, seconds), mode=UpdateMode.MERGE)
+
+    def record_runs(self, streams: Sequence[StreamResult], now: dt.datetime) -> None:
+        """Every stream of a run: one batch per tenant (its rows share a partition), not one call per stream."""
+        by_tenant: dict[str, list[StreamResult]] = {}
+        for stream in streams:
+            by_tenant.setdefault(stream.tenant_id, []).append(stream)
+        for tenant_streams in by_tenant.values():
+            operations: list[Any] = [
+                ("upsert", self._run_entity(s, now, s.seconds), {"mode": UpdateMode.MERGE}) for s in tenant_streams
+            ]
+            for start in range(0, len(operations), 100):  # a table batch holds at most 100 operations
+                self._table.submit_transaction(operations[start : start + 100])
+
+    @staticmethod
+    def _run_entity(stream: StreamResult, now: dt.datetime, seconds: float | None) -> dict[str, Any]:
         succeeded = stream_succeeded(stream)
         entity: dict[str, Any] = {
             "PartitionKey": stream.tenant_id,
@@ -126,7 +143,7 @@ class StatusStore:
             entity["LostSpanFrom"] = stream.lost_from
             entity["LostSpanTo"] = stream.lost_to
             entity["LostSpanAt"] = now
-        self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+        return entity
 
     def record_fetch_error(self, task: FetchTask, err: BaseException, now: dt.datetime) -> None:
         self._table.upsert_entity(

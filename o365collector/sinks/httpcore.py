@@ -28,7 +28,7 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -37,7 +37,7 @@ import requests
 
 from .. import __version__
 from ..envparse import Environ, require_str
-from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
+from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..retry import RetryPolicy, parse_retry_after, retrying
 
 T = TypeVar("T")
@@ -197,7 +197,7 @@ class HttpCore:
 
     def transport_error(self, err: requests.RequestException) -> CollectorError:
         target = self.target
-        causes = list(_causes(err))
+        causes = list(error_chain(err))
         verify = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
         if verify is not None:
             return SinkPermanentError(
@@ -205,7 +205,7 @@ class HttpCore:
                 f"trust {target.backend}'s CA with REQUESTS_CA_BUNDLE, or fix its certificate"
             )
         if isinstance(err, requests.exceptions.SSLError):
-            return SinkTransientError(f"TLS handshake with {self.endpoint} failed ({_reason(causes)})")
+            return SinkTransientError(f"TLS handshake with {self.endpoint} failed ({root_reason(causes)})")
         if any(isinstance(c, socket.gaierror) for c in causes):
             host = urlparse(target.url).hostname
             return SinkTransientError(
@@ -221,28 +221,8 @@ class HttpCore:
                 f"{self.endpoint} did not answer within {target.timeout_seconds:g}s ({target.timeout_setting})"
             )
         if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-            return SinkTransientError(f"connection to {self.endpoint} failed ({_reason(causes)})")
+            return SinkTransientError(f"connection to {self.endpoint} failed ({root_reason(causes)})")
         # InvalidURL, InvalidHeader, ...: the request cannot be built; sending again will not help.
         return SinkPermanentError(f"request to {self.endpoint} could not be made ({type(err).__name__})")
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and everything it wraps: ``__cause__``/``__context__``, urllib3's ``reason``, exception args."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
-        stack.extend(item for item in linked if isinstance(item, BaseException))
-
-
-def _reason(causes: list[BaseException]) -> str:
-    # The error from the OS, ssl or http.client underneath: its text names no URL (requests' and urllib3's do).
-    for cause in causes:
-        if not type(cause).__module__.startswith(("requests", "urllib3")):
-            return str(cause) or type(cause).__name__
-    return type(causes[0]).__name__

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlparse
@@ -74,7 +74,7 @@ from azure.monitor.ingestion import LogsIngestionClient, LogsUploadError
 
 from .. import __version__
 from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str, parse_guid, require_str
-from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
+from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..models import BlobContext, Record
 
 log = logging.getLogger(__name__)
@@ -499,7 +499,7 @@ class LogAnalyticsSink:
         return SinkTransientError(f"sign-in for the Logs Ingestion API failed: {text[:300]}")
 
     def _transport_error(self, err: AzureError) -> CollectorError:
-        causes = list(_causes(err))
+        causes = list(error_chain(err))
         verify = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
         if verify is not None:
             return SinkPermanentError(
@@ -509,8 +509,8 @@ class LogAnalyticsSink:
         if isinstance(err, ServiceRequestError | ServiceResponseError):
             # Refused, reset, DNS, timeouts: azure-core does not retry a POST that may have reached the
             # service, so the queue's redelivery does.
-            return SinkTransientError(f"{self._where} could not be reached ({_reason(causes)})")
-        return SinkTransientError(f"{self._where} failed ({type(err).__name__}: {_reason(causes)})")
+            return SinkTransientError(f"{self._where} could not be reached ({root_reason(causes)})")
+        return SinkTransientError(f"{self._where} failed ({type(err).__name__}: {root_reason(causes)})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,30 +551,3 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and what it wraps (``__cause__``/``__context__``, azure-core's ``inner_exception``, args)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [
-            current.__cause__,
-            current.__context__,
-            getattr(current, "inner_exception", None),
-            getattr(current, "reason", None),
-            *current.args,
-        ]
-        stack.extend(item for item in linked if isinstance(item, BaseException))
-
-
-def _reason(causes: list[BaseException]) -> str:
-    # The OS / ssl error underneath: its text names no URL and no header.
-    for cause in causes:
-        module = type(cause).__module__
-        if not module.startswith(("azure", "requests", "urllib3")):
-            return (str(cause) or type(cause).__name__)[:200]
-    return type(causes[0]).__name__
