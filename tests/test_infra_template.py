@@ -45,7 +45,23 @@ PLATFORM_SETTING = re.compile(
 )
 # Template values that differ from the local defaults on purpose.
 AZURE_SPECIFIC_VALUES = {"SINK_FILE_DIR"}  # the work folder is read-only on Flex; /tmp is writable
-SECRET_SETTINGS = {"O365_CLIENT_SECRET", "SINK_HTTP_BEARER_TOKEN", "SINK_HTTP_HEADERS"}
+SECRET_SETTINGS = {
+    "O365_CLIENT_SECRET",
+    "SINK_HTTP_BEARER_TOKEN",
+    "SINK_HTTP_HEADERS",
+    "SINK_SPLUNK_TOKEN",
+    "SINK_ELASTICSEARCH_API_KEY",
+    "SINK_ELASTICSEARCH_PASSWORD",
+    "SINK_LOGANALYTICS_CLIENT_SECRET",
+    "SINK_BLOB_CONNECTION_STRING",
+    "SINK_EVENTHUB_CONNECTION_STRING",
+}
+# Sink settings that name the app's managed identity, and the secret that replaces it (the code refuses both).
+SINK_IDENTITY_SETTINGS = {
+    "SINK_LOGANALYTICS_CLIENT_ID": "sinkLogAnalyticsClientSecret",
+    "SINK_BLOB_CLIENT_ID": "sinkBlobConnectionString",
+    "SINK_EVENTHUB_CLIENT_ID": "sinkEventHubConnectionString",
+}
 # App settings and site properties the Flex Consumption plan rejects or ignores (platform deprecation table).
 FLEX_FORBIDDEN_SETTINGS = {
     "FUNCTIONS_WORKER_RUNTIME",
@@ -296,6 +312,34 @@ def test_secret_settings_are_key_vault_references_read_with_the_managed_identity
     )
 
 
+@pytest.mark.parametrize("setting", sorted(SINK_IDENTITY_SETTINGS))
+def test_sinks_sign_in_with_the_app_identity_unless_their_secret_is_given(setting: str) -> None:
+    """The code refuses a managed identity client id next to the secret that replaces it."""
+    secret = SINK_IDENTITY_SETTINGS[setting]
+    assert app_settings()[setting] == (
+        f"[if(empty(parameters('{secret}')), reference(variables('uamiId'), '2023-01-31').clientId, '')]"
+    )
+    assert template()["parameters"][secret]["type"] == "securestring"
+
+
+def test_log_analytics_audience_and_login_host_follow_the_cloud() -> None:
+    assert variable("usGovernmentCloud") == "[contains(createArray('GCCHigh', 'DoD'), parameters('cloud'))]"
+    assert variable("monitorAudience") == (
+        "[if(variables('usGovernmentCloud'), 'https://monitor.azure.us', 'https://monitor.azure.com')]"
+    )
+    settings = app_settings()
+    assert settings["SINK_LOGANALYTICS_AUDIENCE"] == "[variables('monitorAudience')]"
+    # The code rejects these three without a client secret, so they are set only with one.
+    for name in ("SINK_LOGANALYTICS_TENANT_ID", "SINK_LOGANALYTICS_APP_CLIENT_ID", "SINK_LOGANALYTICS_AUTHORITY_HOST"):
+        assert "empty(parameters('sinkLogAnalyticsClientSecret'))" in settings[name], name
+
+
+def test_outputs_name_the_identity_to_grant_sink_roles_to() -> None:
+    outputs = template()["outputs"]
+    assert outputs["managedIdentityPrincipalId"]["value"] == UAMI_PRINCIPAL
+    assert outputs["managedIdentityClientId"]["value"] == "[reference(variables('uamiId'), '2023-01-31').clientId]"
+
+
 def test_key_vault_authorises_with_rbac_and_stays_reachable_for_references() -> None:
     vault = the_resource("Microsoft.KeyVault/vaults")["properties"]
     assert vault["enableRbacAuthorization"] is True
@@ -444,11 +488,13 @@ def test_queues_and_tables_are_created_with_the_names_the_settings_give() -> Non
     assert settings["O365_CONTENT_QUEUE"] == "[variables('contentQueue')]"
     assert settings["O365_CHECKPOINT_TABLE"] == "[variables('checkpointTable')]"
     assert settings["O365_LEDGER_TABLE"] == "[variables('ledgerTable')]"
+    assert variable("statusTable") == sample["O365_STATUS_TABLE"]
+    assert settings["O365_STATUS_TABLE"] == "[variables('statusTable')]"
     queues = {r["name"] for r in resources("Microsoft.Storage/storageAccounts/queueServices/queues")}
     tables = {r["name"] for r in resources("Microsoft.Storage/storageAccounts/tableServices/tables")}
     child = "[format('{{0}}/default/{{1}}', variables('storageName'), variables('{}'))]"
     assert queues == {child.format("contentQueue"), child.format("poisonQueue")}
-    assert tables == {child.format("checkpointTable"), child.format("ledgerTable")}
+    assert tables == {child.format("checkpointTable"), child.format("ledgerTable"), child.format("statusTable")}
 
 
 def test_role_assignments_give_the_managed_identity_exactly_what_it_needs() -> None:
@@ -480,7 +526,7 @@ def test_site_starts_only_after_its_roles_secrets_queues_and_tables_exist() -> N
         assert f"variables('{name}')" in depends
     for key in variable("secretNames"):
         assert f"variables('secretNames').{key}" in depends
-    for name in ("contentQueue", "poisonQueue", "checkpointTable", "ledgerTable", "deployContainer"):
+    for name in ("contentQueue", "poisonQueue", "checkpointTable", "ledgerTable", "statusTable", "deployContainer"):
         assert f"variables('{name}')" in depends
 
 

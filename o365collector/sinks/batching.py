@@ -13,7 +13,9 @@ NaN and infinities are not JSON; orjson writes them as ``null``, but records par
 Records straight from the fetcher (``o365collector.content.ContentRecords``) still hold the bytes the
 API served. ``encoded(records)`` yields those bytes as they are (no parse, no re-serialization: the
 cheapest and most faithful encoding) and ``serialize(record)`` for any other records; a sink that
-writes plain JSON records passes ``iter_batches(encoded(records), ..., serialize=as_is)``.
+writes plain JSON records passes ``iter_batches(encoded(records), ..., serialize=as_is)``, and
+``iter_served_batches`` makes the very same batches straight from the served bytes, without any
+per-record work (a slice and a ``replace`` per batch).
 
 Batching rule (``iter_batches``):
 
@@ -162,6 +164,34 @@ def iter_batches(
         item_bytes += len(item)
     if items:
         yield _batch(framing, first, items, max_bytes)
+
+
+def iter_served_batches(
+    records: ContentRecords, *, framing: Framing, max_bytes: int, max_records: int
+) -> Iterator[Batch]:
+    """Exactly the batches of ``iter_batches(encoded(records), ..., serialize=as_is)``, for ``records.raw``.
+
+    Each batch is the longest run of records that fits (found by bisection on the records' offsets),
+    cut from the served body in one slice; an oversize record still goes alone.
+    """
+    if max_bytes < 1 or max_records < 1:
+        raise ValueError(f"batch limits must be positive (max_bytes={max_bytes}, max_records={max_records})")
+    count = len(records)
+    joiner = framing.terminator + framing.separator
+    first = 0
+    while first < count:
+        low, high = first + 1, min(count, first + max_records)
+        while low < high:  # the largest stop whose body fits; the sizes grow with stop
+            middle = (low + high + 1) // 2
+            if framing.size(middle - first, records.served_size(first, middle)) <= max_bytes:
+                low = middle
+            else:
+                high = middle - 1
+        body = b"".join(
+            (framing.opening, records.served_joined(first, low, joiner), framing.terminator, framing.closing)
+        )
+        yield Batch(first=first, count=low - first, body=body, oversize=len(body) > max_bytes)
+        first = low
 
 
 def _batch(framing: Framing, first: int, items: list[bytes], max_bytes: int) -> Batch:

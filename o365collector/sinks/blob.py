@@ -114,8 +114,8 @@ class BlobSinkSettings:
             connection_string=connection_string,
             account_url=account_url,
             client_id=parse_guid("SINK_BLOB_CLIENT_ID", client_text) if client_text else None,
-            # Off by default: the template creates the container, and the data role is usually granted on the
-            # container alone, which cannot create it.
+            # Off by default: the archive container is the admin's (on their own storage account), and the
+            # data role is usually granted on the container alone, which cannot create it.
             create_container=get_bool(env, "SINK_BLOB_CREATE_CONTAINER", False),
         )
 

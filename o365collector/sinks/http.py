@@ -46,11 +46,12 @@ from typing import Any, ClassVar
 import orjson
 import requests
 
+from ..content import ContentRecords
 from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError
 from ..models import BlobContext, Record
 from ..retry import RetryPolicy
-from .batching import FRAMINGS, Batch, as_is, encoded, iter_batches
+from .batching import FRAMINGS, Batch, iter_batches, iter_served_batches
 from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_url, snippet
 
 log = logging.getLogger(__name__)
@@ -260,14 +261,11 @@ class HttpSink:
         self._core.close()
 
     def _batches(self, records: Sequence[Record]) -> Iterator[Batch]:
-        # Records from the fetcher still hold the bytes the API served: they are sent as they are.
-        return iter_batches(
-            encoded(records),
-            framing=self._framing,
-            max_bytes=self._settings.batch_max_bytes,
-            max_records=self._settings.batch_max_records,
-            serialize=as_is,
-        )
+        max_bytes, max_records = self._settings.batch_max_bytes, self._settings.batch_max_records
+        if isinstance(records, ContentRecords) and records.raw:
+            # Records from the fetcher still hold the bytes the API served: batches are cut from them.
+            return iter_served_batches(records, framing=self._framing, max_bytes=max_bytes, max_records=max_records)
+        return iter_batches(records, framing=self._framing, max_bytes=max_bytes, max_records=max_records)
 
     def _encode(self, batch: Batch) -> Future[bytes]:
         """The request body of ``batch``: gzip-compressed on a worker thread when SINK_HTTP_GZIP is on."""

@@ -224,5 +224,3 @@ class HttpCore:
             return SinkTransientError(f"connection to {self.endpoint} failed ({root_reason(causes)})")
         # InvalidURL, InvalidHeader, ...: the request cannot be built; sending again will not help.
         return SinkPermanentError(f"request to {self.endpoint} could not be made ({type(err).__name__})")
-
-

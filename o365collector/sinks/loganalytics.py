@@ -549,5 +549,3 @@ def _retry_after(response: Any) -> float | None:
         return max(float(text), 0.0) if text else None
     except ValueError:
         return None
-
-
