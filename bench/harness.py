@@ -106,6 +106,9 @@ class ReceiverStats:
 class FastReceiver:
     """A loopback HTTP ingest endpoint that inflates and counts NDJSON lines, and keeps nothing else.
 
+    It answers 200 once a body is read, then inflates and counts it (an ingest endpoint that queues
+    what it receives); ``settle()`` waits until every accepted body is counted.
+
     ``clock`` stamps accepted requests (epoch seconds); a benchmark that moves time passes its own.
     """
 
@@ -114,6 +117,8 @@ class FastReceiver:
         self.refusing = False
         self._clock = clock
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._pending = 0
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -133,10 +138,17 @@ class FastReceiver:
                         receiver.stats.refused += 1
                     self._answer(503)
                     return
-                body = zlib.decompress(raw, wbits=31) if self.headers.get("Content-Encoding") == "gzip" else raw
                 now = receiver._clock()
                 content_id = self.headers.get("X-O365-Content-Id", "")
+                gzipped = self.headers.get("Content-Encoding") == "gzip"
+                # Accepted once read, as an ingest endpoint that queues does; counting comes after the answer.
                 with receiver._lock:
+                    receiver._pending += 1
+                self._answer(200)
+                body = zlib.decompress(raw, wbits=31) if gzipped else raw
+                with receiver._lock:
+                    receiver._pending -= 1
+                    receiver._settled.notify_all()
                     stats = receiver.stats
                     stats.requests += 1
                     stats.records += body.count(b"\n")
@@ -144,7 +156,6 @@ class FastReceiver:
                     stats.wire_bytes += len(raw)
                     first, _ = stats.accepted_at.get(content_id, (now, now))
                     stats.accepted_at[content_id] = (first, now)
-                self._answer(200)
 
             def _answer(self, status: int) -> None:
                 self.send_response(status)
@@ -161,6 +172,12 @@ class FastReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/ingest"
+
+    def settle(self, timeout: float = 30.0) -> ReceiverStats:
+        """The stats once every accepted body is counted."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._pending == 0, timeout)
+            return self.stats
 
     def start(self) -> FastReceiver:
         self._thread.start()
@@ -217,7 +234,7 @@ def _services_main(
     while True:
         command = conn.recv()
         if command == "stats":
-            conn.send((receiver.stats, dict(sim.stats.fetches), dict(sim.stats.requests)))
+            conn.send((receiver.settle(), dict(sim.stats.fetches), dict(sim.stats.requests)))
         elif command == "refuse":
             receiver.refusing = True
             conn.send(None)
@@ -293,6 +310,8 @@ class StorageCounter:
         head = segments[0] if segments else "(account)"
         if head.startswith("Tables"):
             return "table", "(tables)", f"{method} table"
+        if head.startswith("$batch"):
+            return "table", "(entity group)", "batch of entities"
         name, _, keys = head.partition("(")
         if method == "GET":
             op = "read entity" if "RowKey=" in keys else "query"

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver.stop()
         sim.stop()
 
-    accepted = receiver.stats.accepted_at
+    accepted = receiver.settle().accepted_at
     latencies = sorted(accepted[cid][1] - when.timestamp() for cid, when in available_at.items() if cid in accepted)
     missing = len(available_at) - len(latencies)
     print(

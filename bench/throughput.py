@@ -29,6 +29,7 @@ import gzip
 import logging
 import os
 import pstats
+import resource
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="queue deliveries handled at once (1: `run --once`; the Functions host runs up to host.json batchSize)",
     )
+    parser.add_argument(
+        "--gzip-level", type=int, default=None, help="override the http sink's gzip level (floor and pipeline alike)"
+    )
+    parser.add_argument("--blob-records", default="1-5000", help="records per blob, LOW-HIGH (default 1-5000)")
     parser.add_argument("--spread", choices=("uniform", "log"), default="uniform", help="blob size distribution")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the shipping phase here")
     args = parser.parse_args(argv)
@@ -112,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"machine: {machine()}")
     created = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)
-    blobs = make_blobs(args.seed, TENANT.tenant_id, total, spread=args.spread)
+    low, _, high = args.blob_records.partition("-")
+    blobs = make_blobs(args.seed, TENANT.tenant_id, total, records_per_blob=(int(low), int(high)), spread=args.spread)
     json_bytes = sum(len(b.body) for b in blobs)
     print(f"workload: {describe(blobs)}")
+    if args.gzip_level is not None:
+        http_sink.GZIP_LEVEL = args.gzip_level
     level = http_sink.GZIP_LEVEL
     floor = floor_seconds(blobs, level)
     print(
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 list_seconds = time.perf_counter() - started
                 gc.collect()
                 profiler = cProfile.Profile() if args.profile else None
+                cpu_before = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
@@ -142,19 +151,28 @@ def main(argv: list[str] | None = None) -> int:
                 if profiler is not None:
                     profiler.disable()
                 ship_seconds = time.perf_counter() - started
+                cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             finally:
                 collector.close()
         received, fetches, _requests = services.stats()
     finally:
         services.stop()
 
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     rate = total / ship_seconds
     ratio = ship_seconds / floor
-    print(f"listing: {listed.blobs_enqueued} blobs enqueued in {list_seconds:.2f}s")
+    print(
+        f"listing: {listed.blobs_enqueued} blobs enqueued in {list_seconds:.2f}s; shipping: "
+        f"{len(blobs) / ship_seconds:.1f} blobs/s, {cpu / len(blobs) * 1000:.1f} ms CPU per blob"
+    )
     print(
         f"fetch -> ship: {drained.records:,} records in {ship_seconds:.2f}s = {rate:,.0f} records/s, "
         f"{json_bytes / ship_seconds / 1e6:.1f} MB/s of JSON in, "
         f"{received.wire_bytes / ship_seconds / 1e6:.1f} MB/s gzip out ({received.requests} POSTs)"
+    )
+    print(
+        f"collector CPU while shipping: {cpu:.2f}s ({cpu / ship_seconds:.0%} of one core; "
+        f"{cpu / total * 1e6:.0f} CPU-s per million records)"
     )
     print(
         f"pipeline / floor: {ratio:.2f}x (target <= {TARGET_FLOOR_RATIO:g}x); "

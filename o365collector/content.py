@@ -6,6 +6,7 @@ fetcher's CPU, while a sink that writes JSON needs nothing but each record's byt
 validates each range with orjson, keeping nothing of the parse. The result is a ``Sequence[Record]``:
 ``len``, indexing and iteration give dicts, parsed as they are reached (and not kept), and
 ``served()`` gives each record's served bytes, byte for byte, for sinks that write JSON anyway.
+Validation can run on another thread while the caller prepares to send (``ContentRecords`` says how).
 
 The split is a fast path for the shape the service sends: a compact array of objects that all start
 with the same key (``[{"CreationTime":…},{"CreationTime":…}]``), without line breaks. It is sound
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from array import array
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, overload
 
 import orjson
@@ -55,8 +58,12 @@ def parse_array(body: bytes, what: str) -> list[Any]:
     return doc
 
 
-def _split(body: bytes) -> tuple[array[int], array[int]] | None:
-    """(starts, ends) of the records of a compact array of objects sharing a first key; None if not that shape."""
+def _split(body: bytes) -> tuple[array[int], array[int], bytes] | None:
+    """(starts, ends, separator) of the records of a compact array of objects sharing a first key, or None.
+
+    Records are contiguous: one comma lies between record k's end and record k+1's start, and the
+    separator (``},{"CreationTime":``) occurs in the body only where one record ends and the next begins.
+    """
     if len(body) < 4 or not body.startswith(b'[{"') or not body.endswith(b"}]"):
         return None
     if b"\n" in body or b"\r" in body:
@@ -76,7 +83,7 @@ def _split(body: bytes) -> tuple[array[int], array[int]] | None:
         starts.append(cut + 2)
         position = cut + 2
     ends.append(len(body) - 1)
-    return starts, ends
+    return starts, ends, separator
 
 
 def _valid_object(text: memoryview) -> bool:
@@ -88,44 +95,87 @@ def _valid_object(text: memoryview) -> bool:
 
 
 class ContentRecords(Sequence[Record]):
-    """The records of one content blob; see the module docstring."""
+    """The records of one content blob; see the module docstring.
 
-    __slots__ = ("_body", "_ends", "_parsed", "_starts")
+    Validation may run in the background (``from_body(..., validate_on=pool)``) while the caller goes
+    on: every accessor waits for it (``settle``) except the *draft* ones (``split_count``,
+    ``served_size``, ``served_joined``), which read the split as it stands, so that a sender can cut
+    and compress batches meanwhile. Whatever such a sender prepared it must not deliver before
+    ``settle()`` has returned True.
+    """
+
+    __slots__ = ("_body", "_ends", "_parsed", "_pending", "_separator", "_starts", "_what")
 
     def __init__(
         self,
         body: bytes,
         starts: array[int] | None = None,
         ends: array[int] | None = None,
+        separator: bytes = b"",
+        *,
         parsed: list[Record] | None = None,
+        what: str = "content blob",
     ) -> None:
         self._body = body
         self._starts = starts if starts is not None else array("q")
         self._ends = ends if ends is not None else array("q")
+        self._separator = separator
         self._parsed = parsed
+        self._what = what
+        self._pending: Future[None] | None = None
 
     @classmethod
-    def from_body(cls, body: bytes, what: str) -> ContentRecords:
-        """Split and validate ``body`` (a JSON array of records); ``ApiPermanentError`` naming ``what`` if it is not."""
+    def from_body(cls, body: bytes, what: str, *, validate_on: Executor | None = None) -> ContentRecords:
+        """Split and validate ``body``, a JSON array of records; ``ApiPermanentError`` naming ``what`` if it is not.
+
+        With ``validate_on``, validation runs there and the error (if any) is raised by ``settle()``
+        and by every accessor that waits for it.
+        """
         split = _split(body)
-        if split is not None:
-            starts, ends = split
-            view = memoryview(body)
-            if all(_valid_object(view[s:e]) for s, e in zip(starts, ends, strict=True)):
-                return cls(body, starts, ends)
-        return cls(b"", parsed=parse_array(body, what))
+        if split is None:
+            return cls(b"", parsed=parse_array(body, what), what=what)
+        records = cls(body, *split, what=what)
+        if validate_on is None:
+            records._validate()
+        else:
+            records._pending = validate_on.submit(records._validate)
+        return records
 
     @classmethod
     def from_records(cls, records: list[Record]) -> ContentRecords:
         return cls(b"", parsed=records)
 
+    def _validate(self) -> None:
+        view = memoryview(self._body)
+        if all(_valid_object(view[s:e]) for s, e in zip(self._starts, self._ends, strict=True)):
+            return
+        # Not the fast path's shape after all, or malformed: whatever parsing the whole body says. The
+        # split stays as it was, so draft readers on another thread never see it change under them.
+        self._parsed = parse_array(self._body, self._what)
+
+    def settle(self) -> bool:
+        """Wait for validation; True if the records are held as served. ``ApiPermanentError`` if not valid JSON."""
+        if self._pending is not None:
+            self._pending.result()
+        return self._parsed is None
+
     @property
     def raw(self) -> bool:
         """True when the records are held as served bytes (the fast path), False when parsed."""
-        return self._parsed is None
+        return self.settle()
+
+    @property
+    def draft(self) -> bool:
+        """True when a split exists (validated or not): the draft accessors can be used."""
+        return len(self._starts) > 0
+
+    @property
+    def split_count(self) -> int:
+        """Records found by the split (draft: the final count once ``settle()`` returned True)."""
+        return len(self._starts)
 
     def __len__(self) -> int:
-        return len(self._parsed) if self._parsed is not None else len(self._starts)
+        return len(self._starts) if self.settle() else len(self._parsed or ())
 
     @overload
     def __getitem__(self, index: int) -> Record: ...
@@ -134,7 +184,8 @@ class ContentRecords(Sequence[Record]):
     def __getitem__(self, index: slice) -> Sequence[Record]: ...
 
     def __getitem__(self, index: int | slice) -> Record | Sequence[Record]:
-        if self._parsed is not None:
+        if not self.settle():
+            assert self._parsed is not None
             return self._parsed[index]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
@@ -143,8 +194,8 @@ class ContentRecords(Sequence[Record]):
         return record
 
     def __iter__(self) -> Iterator[Record]:
-        if self._parsed is not None:
-            yield from self._parsed
+        if not self.settle():
+            yield from self._parsed or ()
             return
         view = memoryview(self._body)
         for start, end in zip(self._starts, self._ends, strict=True):
@@ -152,8 +203,37 @@ class ContentRecords(Sequence[Record]):
 
     def served(self) -> Iterator[bytes]:
         """Each record's bytes exactly as served (compact JSON on one line); only when ``raw``."""
-        if self._parsed is not None:
-            raise ValueError("these records were parsed; serialize them instead")
+        if not self.settle():
+            raise ValueError("these records were parsed, so their served bytes are gone: serialize them instead")
         body = self._body
         for start, end in zip(self._starts, self._ends, strict=True):
             yield body[start:end]
+
+    def served_size(self, first: int, stop: int) -> int:
+        """Draft: the served bytes of records ``first`` to ``stop - 1``, all together."""
+        return self._ends[stop - 1] - self._starts[first] - (stop - 1 - first)  # less the commas between
+
+    def served_joined(self, first: int, stop: int, joiner: bytes) -> bytes:
+        """Draft: records ``first`` to ``stop - 1`` as served, joined by ``joiner``.
+
+        One slice of the body, where the separators between these records are the only matches of
+        the separator pattern: a single ``replace`` puts ``joiner`` in place of each comma.
+        """
+        chunk = self._body[self._starts[first] : self._ends[stop - 1]]
+        if joiner == b",":
+            return chunk
+        separator = self._separator  # },{"CreationTime":
+        return chunk.replace(separator, b"}" + joiner + separator[2:])
+
+
+_validators: ThreadPoolExecutor | None = None
+_validators_lock = threading.Lock()
+
+
+def validator_pool() -> ThreadPoolExecutor:
+    """The process's threads for background validation (a few, so one big blob never holds up another)."""
+    global _validators
+    with _validators_lock:
+        if _validators is None:
+            _validators = ThreadPoolExecutor(4, thread_name_prefix="content-validate")
+        return _validators

@@ -20,6 +20,7 @@ from enum import StrEnum
 import orjson
 
 from .checkpoints import ClaimStatus, Ledger
+from .content import ContentRecords
 from .errors import CollectorError, ContentUnavailableError
 from .filtering import RecordFilter
 from .management_api import ManagementApiClient
@@ -88,11 +89,13 @@ class Fetcher:
             self._ledger.release(claim, str(err))
             raise
 
-        to_ship, filtered = self._filter.apply(records)
         context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
         try:
+            to_ship, filtered = self._filter.apply(records)
             for sink in self._sinks_for_tenant(task.tenant_id):
                 sink.send(to_ship, context)
+            if isinstance(records, ContentRecords):
+                records.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done
         except Exception as err:
             self._ledger.release(claim, f"{type(err).__name__}: {err}")
             raise

@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError
 
 from .auth import TokenProvider
 from .config import HttpPolicy, TenantConfig
-from .content import ContentRecords, parse_array
+from .content import ContentRecords, parse_array, validator_pool
 from .errors import (
     ApiPermanentError,
     ApiTransientError,
@@ -218,10 +218,12 @@ class ManagementApiClient:
         return list(self.fetch_records(content_uri))
 
     def fetch_records(self, content_uri: str) -> ContentRecords:
-        """The records of one content blob, validated and held as the bytes served (see ``content``).
+        """The records of one content blob, held as the bytes served (see ``content``).
 
         The body is read into one buffer (not in the 10 KB chunks ``requests`` joins), inside the
-        retry: a connection lost halfway through the body is retried like one lost before it.
+        retry: a connection lost halfway through the body is retried like one lost before it. The
+        records are validated on a background thread; reading them waits for it, and a blob that is
+        not valid JSON raises ``ApiPermanentError`` naming it (``ContentRecords.settle``).
         """
         what = f"fetch {_short(content_uri)}"
         target = self._trusted(content_uri, "contentUri")
@@ -237,7 +239,9 @@ class ManagementApiClient:
                         body: bytes = response.raw.read(decode_content=True)
                     except (urllib3.exceptions.HTTPError, OSError) as err:
                         raise ApiTransientError(f"{what}: {type(err).__name__} reading the body") from err
-                return ContentRecords.from_body(body, f"content blob {_short(content_uri)}")
+                return ContentRecords.from_body(
+                    body, f"content blob {_short(content_uri)}", validate_on=validator_pool()
+                )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     # -- subscriptions ---------------------------------------------------------------------

@@ -172,11 +172,12 @@ def iter_served_batches(
     """Exactly the batches of ``iter_batches(encoded(records), ..., serialize=as_is)``, for ``records.raw``.
 
     Each batch is the longest run of records that fits (found by bisection on the records' offsets),
-    cut from the served body in one slice; an oversize record still goes alone.
+    cut from the served body in one slice; an oversize record still goes alone. It reads the records'
+    split as a draft (see ``ContentRecords``): the batches are final once ``records.settle()`` is True.
     """
     if max_bytes < 1 or max_records < 1:
         raise ValueError(f"batch limits must be positive (max_bytes={max_bytes}, max_records={max_records})")
-    count = len(records)
+    count = records.split_count
     joiner = framing.terminator + framing.separator
     first = 0
     while first < count:

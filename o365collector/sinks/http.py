@@ -32,14 +32,13 @@ scheme, host and port. The transport rules (TLS, redirects, transport errors, re
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,7 +50,9 @@ from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int
 from ..errors import CollectorError, ConfigError, SinkPermanentError
 from ..models import BlobContext, Record
 from ..retry import RetryPolicy
+from . import compression
 from .batching import FRAMINGS, Batch, iter_batches, iter_served_batches
+from .compression import Compressed
 from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_url, snippet
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 # Per batch; beyond it the message goes back to the queue, whose redelivery is the longer wait.
 DEFAULT_MAX_RETRY_SECONDS = 60.0
+# gzip level 1: a third of level 6's CPU for bodies about 30% larger. CPU is what bounds a collector's
+# throughput (bench/throughput.py); a receiver's bandwidth rarely does.
 GZIP_LEVEL = 1
-# Batches are compressed on worker threads (zlib releases the GIL) while the sender posts the one
-# before: the compressor threads keep every core busy, and at most this many batches wait, compressed
-# or being compressed, so memory stays a few batches whatever the blob's size.
-COMPRESS_THREADS = min(2, os.cpu_count() or 1)
-BATCHES_AHEAD = COMPRESS_THREADS + 1
+# Bodies are gzipped on worker threads, 1 MiB blocks in parallel (``compression``), while the sender
+# posts the batch before: every core compresses, and at most BATCHES_AHEAD batches wait, so memory
+# stays a few batches whatever the blob's size.
+COMPRESS_THREADS = min(4, os.cpu_count() or 1)
+BATCHES_AHEAD = 2
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header field names
 _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")  # a bearer token: no spaces, line breaks or non-ASCII
@@ -221,31 +224,16 @@ class HttpSink:
         )
         if self._settings.gzip:
             headers["Content-Encoding"] = "gzip"
-        batches = 0
-        # In order, one at a time; the next few are being compressed meanwhile (see COMPRESS_THREADS).
-        waiting: deque[tuple[Batch, Future[bytes]]] = deque()
-        try:
-            for batch in self._batches(records):
-                if batch.oversize:
-                    log.warning(
-                        "http sink: record %d of content %s encodes to %d bytes, above SINK_HTTP_BATCH_MAX_BYTES "
-                        "(%d); sending it alone",
-                        batch.first,
-                        context.content_id,
-                        len(batch.body),
-                        self._settings.batch_max_bytes,
-                        extra=extra,
-                    )
-                waiting.append((batch, self._encode(batch)))
-                if len(waiting) >= BATCHES_AHEAD:
-                    self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(batches)}, extra)
-                    batches += 1
-            while waiting:
-                self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(batches)}, extra)
-                batches += 1
-        finally:
-            for _, pending in waiting:
-                pending.cancel()
+        limits = self._settings.batch_max_bytes, self._settings.batch_max_records
+        batches: int | None = None
+        if isinstance(records, ContentRecords) and records.draft:
+            # Records from the fetcher still hold the bytes the API served: batches are cut from them and
+            # compressed while the fetcher's validation finishes; none is posted before it passed.
+            served = iter_served_batches(records, framing=self._framing, max_bytes=limits[0], max_records=limits[1])
+            batches = self._ship(served, headers, extra, context, ready=records.settle)
+        if batches is None:  # other records, or valid JSON of another shape than the split assumed: nothing sent
+            plain = iter_batches(records, framing=self._framing, max_bytes=limits[0], max_records=limits[1])
+            batches = self._ship(plain, headers, extra, context)
         log.debug(
             "http sink: %d records of content %s accepted in %d batches",
             len(records),
@@ -260,22 +248,58 @@ class HttpSink:
             self._compressor = None
         self._core.close()
 
-    def _batches(self, records: Sequence[Record]) -> Iterator[Batch]:
-        max_bytes, max_records = self._settings.batch_max_bytes, self._settings.batch_max_records
-        if isinstance(records, ContentRecords) and records.raw:
-            # Records from the fetcher still hold the bytes the API served: batches are cut from them.
-            return iter_served_batches(records, framing=self._framing, max_bytes=max_bytes, max_records=max_records)
-        return iter_batches(records, framing=self._framing, max_bytes=max_bytes, max_records=max_records)
+    def _ship(
+        self,
+        batches: Iterator[Batch],
+        headers: dict[str, str],
+        extra: dict[str, Any],
+        context: BlobContext,
+        *,
+        ready: Callable[[], bool] | None = None,
+    ) -> int | None:
+        """POST ``batches`` in order, one at a time, the next ones compressing meanwhile; the count sent.
 
-    def _encode(self, batch: Batch) -> Future[bytes]:
-        """The request body of ``batch``: gzip-compressed on a worker thread when SINK_HTTP_GZIP is on."""
+        ``ready`` is asked once, before the first POST: False means these batches are void (None is
+        returned, nothing was sent); it may raise instead.
+        """
+        sent = 0
+        waiting: deque[tuple[Batch, Compressed | None]] = deque()
+        try:
+            for batch in batches:
+                if batch.oversize:
+                    log.warning(
+                        "http sink: record %d of content %s encodes to %d bytes, above SINK_HTTP_BATCH_MAX_BYTES "
+                        "(%d); sending it alone",
+                        batch.first,
+                        context.content_id,
+                        len(batch.body),
+                        self._settings.batch_max_bytes,
+                        extra=extra,
+                    )
+                waiting.append((batch, self._encode(batch)))
+                if len(waiting) >= BATCHES_AHEAD:
+                    if sent == 0 and ready is not None and not ready():
+                        return None
+                    self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(sent)}, extra)
+                    sent += 1
+            while waiting:
+                if sent == 0 and ready is not None and not ready():
+                    return None
+                self._send_batch(*waiting.popleft(), {**headers, "X-O365-Batch-Index": str(sent)}, extra)
+                sent += 1
+        finally:
+            for _, pending in waiting:
+                if pending is not None:
+                    pending.cancel()
+        return sent
+
+    def _encode(self, batch: Batch) -> Compressed | None:
+        """Start gzipping ``batch``'s body on the worker threads (None when SINK_HTTP_GZIP is off)."""
         if not self._settings.gzip:
-            done: Future[bytes] = Future()
-            done.set_result(batch.body)
-            return done
+            return None
         if self._compressor is None:
             self._compressor = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
-        return self._compressor.submit(gzip.compress, batch.body, GZIP_LEVEL, mtime=0)
+        return compression.compress(batch.body, GZIP_LEVEL, self._compressor)
 
     def _base_headers(self) -> dict[str, str]:
         headers = dict(self._settings.headers)
@@ -285,9 +309,9 @@ class HttpSink:
         return headers
 
     def _send_batch(
-        self, batch: Batch, encoding: Future[bytes], headers: dict[str, str], extra: dict[str, Any]
+        self, batch: Batch, encoding: Compressed | None, headers: dict[str, str], extra: dict[str, Any]
     ) -> None:
-        body = encoding.result()
+        body = encoding.result() if encoding is not None else batch.body
         _, failures = self._core.with_retries(lambda: self._post(body, headers))
         if failures:
             log.warning(
