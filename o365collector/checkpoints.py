@@ -182,6 +182,12 @@ class Ledger:
             "ClaimedUntil": now + lease,
             "Attempts": 1,
         }
+        # Insert first: most blobs are new, so one transaction claims them; a conflict means we must look.
+        try:
+            meta = self._table.create_entity(fresh)
+            return Claim(ClaimStatus.CLAIMED, pk, rk, meta["etag"])
+        except ResourceExistsError:
+            pass
         for _ in range(3):  # bounded: each pass either decides or lost a race it will see next pass
             try:
                 entity = self._table.get_entity(pk, rk)
