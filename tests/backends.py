@@ -1,7 +1,7 @@
 """Loopback fakes of real backends for sink tests: a Splunk HTTP Event Collector and an Elasticsearch ``_bulk`` API.
 
-Each listens on 127.0.0.1 (a free port), over TLS by default with a self-signed certificate from
-``tests.receivers.make_self_signed_cert`` (trust it through ``ca_file``), and speaks the backend's wire
+Each listens on 127.0.0.1 (a free port), over TLS by default with a certificate from
+``tests.loopback`` (trust its CA through ``ca_file``), and speaks the backend's wire
 protocol as documented: the answers, status codes and JSON error bodies a client sees. Both record
 every exchange before answering, so once a client call returns the test can inspect what was
 parsed; nothing waits or sleeps. ``fail_next`` scripts request-level failures (an outage that ends
@@ -20,23 +20,16 @@ kept per index so a second create answers 409), ApiKey or basic authentication, 
 from __future__ import annotations
 
 import base64
-import contextlib
-import http.server
 import itertools
 import json
-import shutil
-import ssl
-import tempfile
 import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.receivers import HOST, make_self_signed_cert
+from tests.loopback import LoopbackService, OwnedHandler
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -69,56 +62,18 @@ def json_reply(status: int, value: Any, headers: dict[str, str] | None = None) -
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(value).encode()
 
 
-class LoopbackBackend:
-    """The common part: TLS, serving threads, the exchange log and scripted failures. Subclasses route."""
+class LoopbackBackend(LoopbackService):
+    """The common part: the exchange log and scripted failures (serving, TLS: ``LoopbackService``). Subclasses route."""
+
+    poll_interval = 0.01
+    kind = "backend"
 
     def __init__(self, *, tls: bool = True, timeout: float = 10.0) -> None:
-        self.timeout = timeout
         self.lock = threading.Lock()
         self._exchanges: list[Exchange] = []
         self._failures: deque[_Failure] = deque()
         self._skip = 0
-        self._tempdir: Path | None = None
-        self._tls: ssl.SSLContext | None = None
-        self._ca_file: Path | None = None
-        if tls:
-            self._tempdir = Path(tempfile.mkdtemp(prefix="backend-"))
-            cert, key = make_self_signed_cert(self._tempdir)
-            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(cert, key)
-            self._ca_file = cert
-        self._server = _Server((HOST, 0), _Handler, self)
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self._tls else "http"
-        return f"{scheme}://{HOST}:{self._server.server_address[1]}"
-
-    @property
-    def ca_file(self) -> str:
-        if self._ca_file is None:
-            raise RuntimeError("this backend does not use TLS")
-        return str(self._ca_file)
+        super().__init__(_Handler, tls=tls, timeout=timeout, name="backend")
 
     @property
     def exchanges(self) -> list[Exchange]:
@@ -163,56 +118,10 @@ class LoopbackBackend:
         return reply
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], backend: LoopbackBackend
-    ) -> None:
-        self.backend = backend
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # refused handshakes and clients hanging up are expected in tests
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
+class _Handler(OwnedHandler):
     @property
     def backend(self) -> LoopbackBackend:
-        return cast(_Server, self.server).backend
-
-    def setup(self) -> None:
-        self.request.settimeout(self.backend.timeout)
-        tls = self.backend._tls
-        if tls is not None:
-            self.request = tls.wrap_socket(self.request, server_side=True)
-        super().setup()
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            if self.backend._tls is not None:
-                with contextlib.suppress(OSError):
-                    self.request.close()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
+        return cast(LoopbackBackend, self.owner)
 
     def _dispatch(self) -> None:
         headers = {name.lower(): value for name, value in self.headers.items()}
@@ -226,6 +135,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    do_GET = do_HEAD = do_POST = do_PUT = _dispatch
 
 
 # -- Splunk HTTP Event Collector

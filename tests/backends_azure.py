@@ -25,24 +25,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gzip
-import http.server
 import json
 import secrets
-import shutil
 import socket
-import ssl
-import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
-from o365collector.simulator.certs import write_certificates
+from tests.loopback import LoopbackService, OwnedHandler
 
-HOST = "127.0.0.1"
 API_VERSION = "2023-01-01"
 MAX_CONTENT_LENGTH = 1024 * 1024  # the service's figure: "Maximum allowed content length: 1048576 bytes (1 MB)"
 
@@ -80,7 +73,7 @@ class _State:
     token_requests: int = 0
 
 
-class LogsIngestionBackend:
+class LogsIngestionBackend(LoopbackService):
     """Fake Entra + Logs Ingestion endpoint on ``https://127.0.0.1:<port>``; use as a context manager."""
 
     def __init__(
@@ -101,41 +94,12 @@ class LogsIngestionBackend:
         self.audience = audience
         self._lock = threading.Lock()
         self._state = _State()
-        self._tempdir = Path(tempfile.mkdtemp(prefix="logs-ingestion-"))
-        files = write_certificates(self._tempdir)
-        self._ca_file = files.ca_file
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(files.cert_file, files.key_file)
-        self._server = _Server((HOST, 0), _Handler, self, context)
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-
-    def __enter__(self) -> LogsIngestionBackend:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="logs-ingestion", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
-        self._server.close_connections()
-        shutil.rmtree(self._tempdir, ignore_errors=True)
+        super().__init__(_Handler, tls=True, timeout=10, name="logs-ingestion")
 
     @property
     def url(self) -> str:
         """The ingestion endpoint (SINK_LOGANALYTICS_ENDPOINT) and the authority host: the same server."""
-        return f"https://{HOST}:{self._server.server_address[1]}"
-
-    @property
-    def ca_file(self) -> str:
-        return str(self._ca_file)
+        return self.base_url
 
     # -- what was received
 
@@ -274,63 +238,10 @@ def _aad_error(status: int, error: str, code: int, message: str) -> tuple[int, d
     }
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[http.server.BaseHTTPRequestHandler],
-        backend: LogsIngestionBackend,
-        context: ssl.SSLContext,
-    ) -> None:
-        self.backend = backend
-        self.context = context
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # clients hanging up and refused handshakes are routine in tests
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = 10
-
+class _Handler(OwnedHandler):
     @property
     def backend(self) -> LogsIngestionBackend:
-        return cast(_Server, self.server).backend
-
-    def setup(self) -> None:
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        return cast(LogsIngestionBackend, self.owner)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path).path.strip("/").split("/")

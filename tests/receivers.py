@@ -1,7 +1,7 @@
 """Loopback HTTP(S) receivers for sink tests: a scriptable stand-in for any HTTP ingest endpoint.
 
-``HttpReceiver`` listens on 127.0.0.1 (a free port), optionally over TLS with a self-signed
-certificate it generates (SAN 127.0.0.1, ::1 and localhost; trust it through ``ca_file``). It records
+``HttpReceiver`` listens on 127.0.0.1 (a free port), optionally over TLS with a certificate it
+generates (SAN 127.0.0.1 and localhost, from ``tests.loopback``; trust its CA through ``ca_file``). It records
 every request (method, path, headers, decompressed body, parsed NDJSON / JSON records), answers with
 what the test scripted (``fail_next``, ``refuse``, ``require_bearer``, ``stall_next``) and otherwise
 accepts. It only answers: it never opens an outbound connection.
@@ -17,29 +17,18 @@ a client call returns, the receiver's lists already hold it: tests never wait or
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import http.server
-import ipaddress
 import json
-import shutil
 import socket
-import ssl
-import tempfile
 import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-HOST = "127.0.0.1"
+from o365collector.simulator.certs import write_certificates
+from tests.loopback import HOST, LoopbackService, OwnedHandler
 
 
 @dataclass(frozen=True)
@@ -80,134 +69,38 @@ class _Script:
 
 
 def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed EC certificate for 127.0.0.1 / ::1 / localhost, valid for a week; returns (cert, key) paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "o365collector test receiver")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        # A CA certificate, so the same file serves as the trust anchor (REQUESTS_CA_BUNDLE / verify=).
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "receiver-cert.pem"
-    key_path = directory / "receiver-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+    """A server certificate for 127.0.0.1 / localhost and its key; returns (cert, key) paths.
+
+    The certificate file holds the leaf followed by its throw-away CA, so it serves both as the
+    server's chain and as a trust anchor (``REQUESTS_CA_BUNDLE`` / ``verify=``).
+    """
+    files = write_certificates(directory)
+    return files.cert_file, files.key_file
 
 
-class HttpReceiver:
+class HttpReceiver(LoopbackService):
     """A scriptable HTTP(S) ingest endpoint on 127.0.0.1; use as a context manager."""
+
+    kind = "receiver"
 
     def __init__(self, *, tls: bool = False, max_body_bytes: int = 64 * 1024 * 1024, timeout: float = 10.0) -> None:
         self.max_body_bytes = max_body_bytes
-        self.timeout = timeout
         self._lock = threading.Lock()
         self._script = _Script()
         self._requests: list[ReceivedRequest] = []
         self._records: list[Any] = []
-        self._connections: set[socket.socket] = set()
         self._release = threading.Event()
-        self._tempdir: Path | None = None
-        self._tls: ssl.SSLContext | None = None
-        self._ca_file: Path | None = None
-        if tls:
-            self._tempdir = Path(tempfile.mkdtemp(prefix="receiver-"))
-            cert, key = make_self_signed_cert(self._tempdir)
-            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(cert, key)
-            self._ca_file = cert
-        self._server = _Server((HOST, 0), _Handler, self)
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-
-    def __enter__(self) -> HttpReceiver:
-        # A short poll interval only makes shutdown() prompt; requests are served as they arrive.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="http-receiver", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        super().__init__(_Handler, tls=tls, timeout=timeout, name="http-receiver")
 
     def close(self) -> None:
         """Stop serving, release stalled requests, close every connection and remove the certificate files."""
         self._release.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-
-    # -- addresses
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self._tls else "http"
-        return f"{scheme}://{HOST}:{self.port}"
+        super().close()
 
     @property
     def url(self) -> str:
         """The ingest URL (any path is accepted; this one is ``/ingest``)."""
         return f"{self.base_url}/ingest"
-
-    @property
-    def ca_file(self) -> str:
-        """The certificate to trust (TLS receivers only)."""
-        if self._ca_file is None:
-            raise RuntimeError("this receiver does not use TLS")
-        return str(self._ca_file)
 
     # -- what was received
 
@@ -301,61 +194,12 @@ class HttpReceiver:
                 self._records.extend(request.records)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 32
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], receiver: HttpReceiver
-    ) -> None:
-        self.receiver = receiver
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Failed TLS handshakes (the untrusted-certificate tests) and clients hanging up are expected here.
-        pass
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    disable_nagle_algorithm = True  # headers and body go out in two writes; don't let them wait on delayed ACKs
+class _Handler(OwnedHandler):
     server_version = "o365collector-test-receiver"
 
     @property
     def receiver(self) -> HttpReceiver:
-        return cast(_Server, self.server).receiver
-
-    def setup(self) -> None:
-        receiver = self.receiver
-        # Bounds the TLS handshake and idle keep-alive waits (the TLS socket inherits the timeout).
-        self.request.settimeout(receiver.timeout)
-        if receiver._tls is not None:
-            self.request = receiver._tls.wrap_socket(self.request, server_side=True)
-        with receiver._lock:
-            receiver._connections.add(self.request)
-        super().setup()
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.receiver._lock:
-                self.receiver._connections.discard(self.request)
-            if self.receiver._tls is not None:
-                with contextlib.suppress(OSError):
-                    self.request.close()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        self._serve()
+        return cast(HttpReceiver, self.owner)
 
     def _serve(self) -> None:
         receiver = self.receiver
@@ -385,6 +229,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if status == 200:
             text = json.dumps({"accepted": len(records or [])}).encode()
         self._recorded(raw, body, records, status, text, extra)
+
+    do_POST = do_PUT = do_HEAD = _serve  # GET and the rest: 501
 
     def _recorded(
         self,

@@ -5,9 +5,8 @@ SYSLOG-MSG`` on every connection, each in its own thread, and parses each SYSLOG
 5424 (header fields, structured data with its escapes, MSG). A frame or message it cannot read is
 recorded in ``errors`` and ends that connection, so a test that expects none fails loudly.
 
-TLS uses the self-signed certificate of ``tests.receivers.make_self_signed_cert`` (trust it through
-``ca_file``); ``client_ca`` makes the server require a client certificate signed by it
-(``make_client_cert`` makes one).
+TLS uses a certificate from ``tests.loopback`` (trust its CA through ``ca_file``); ``client_ca``
+makes the server require a client certificate signed by it (``make_client_cert`` makes one).
 
 Scripting, for failure tests: ``SyslogServer(listening=False)`` holds the port without listening, so
 connection attempts are refused at once, until ``start_listening()``; ``drop_connections()`` closes
@@ -21,27 +20,18 @@ Bounded: frames above ``max_frame_bytes`` end the connection; idle connections e
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import re
 import select
-import shutil
 import socket
 import ssl
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from tests.receivers import make_self_signed_cert
-
-HOST = "127.0.0.1"
+from o365collector.simulator.certs import write_certificates
+from tests.loopback import HOST, ServerCertificate
 
 _HEADER = re.compile(rb"<([0-9]{1,3})>([1-9][0-9]{0,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ")
 _LIMITS = {"hostname": 255, "app_name": 48, "procid": 128, "msgid": 32}
@@ -199,29 +189,13 @@ def read_frame(stream: BinaryIO, max_bytes: int) -> bytes | None:
 
 
 def make_client_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed client certificate (EKU clientAuth; its own CA); returns (cert, key) paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "o365collector test client")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "client-cert.pem", directory / "client-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+    """A client certificate (EKU clientAuth) and its key; returns (cert, key) paths.
+
+    The certificate file holds the leaf followed by its throw-away CA, so the same file is the chain a
+    client presents and the ``client_ca`` a ``SyslogServer`` trusts.
+    """
+    files = write_certificates(directory, client=True)
+    return files.cert_file, files.key_file
 
 
 class SyslogServer:
@@ -250,18 +224,11 @@ class SyslogServer:
         self._handshake_failures = 0
         self._stopping = threading.Event()
         self._acceptor: threading.Thread | None = None
-        self._tempdir: Path | None = None
-        self._tls: ssl.SSLContext | None = None
-        self._ca_file: Path | None = None
-        if tls:
-            self._tempdir = Path(tempfile.mkdtemp(prefix="syslog-server-"))
-            cert, key = make_self_signed_cert(self._tempdir)
-            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(cert, key)
-            if client_ca is not None:
-                self._tls.verify_mode = ssl.CERT_REQUIRED
-                self._tls.load_verify_locations(cafile=str(client_ca))
-            self._ca_file = cert
+        self._certificate = ServerCertificate("syslog-server-") if tls else None
+        self._tls = self._certificate.context if self._certificate is not None else None
+        if self._tls is not None and client_ca is not None:
+            self._tls.verify_mode = ssl.CERT_REQUIRED
+            self._tls.load_verify_locations(cafile=str(client_ca))
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind((HOST, 0))
         self._listener.setblocking(False)  # accepted only when select() says one is waiting
@@ -292,8 +259,8 @@ class SyslogServer:
             self._acceptor.join()
         self._listener.close()
         self.drop_connections()
-        if self._tempdir is not None:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
+        if self._certificate is not None:
+            self._certificate.remove()
 
     def drop_connections(self) -> None:
         """Close every open connection from this side; returns when their threads have finished."""
@@ -324,9 +291,9 @@ class SyslogServer:
 
     @property
     def ca_file(self) -> str:
-        if self._ca_file is None:
+        if self._certificate is None:
             raise RuntimeError("this server does not use TLS")
-        return str(self._ca_file)
+        return self._certificate.ca_file
 
     # -- what was received
 

@@ -2,7 +2,8 @@
 
 Clients trust the CA file (``REQUESTS_CA_BUNDLE``, or azure-identity's ``connection_verify``); the
 server presents a leaf signed by it. A separate leaf, rather than one self-signed certificate that is
-both CA and server, keeps strict X.509 verification (CA certs may not serve TLS) happy.
+both CA and server, keeps strict X.509 verification (CA certs may not serve TLS) happy. With
+``client=True`` the leaf is a client certificate instead (EKU clientAuth), for mutual TLS.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 @dataclass(frozen=True, slots=True)
 class CertFiles:
     ca_file: Path  # PEM of the CA a client trusts
-    cert_file: Path  # PEM of the server certificate followed by the CA
-    key_file: Path  # PEM of the server's private key (unencrypted: it guards nothing but a test server)
+    cert_file: Path  # PEM of the leaf certificate followed by the CA
+    key_file: Path  # PEM of the leaf's private key (unencrypted: it guards nothing but a test server)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -34,8 +35,26 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def write_certificates(directory: Path, *, days: int = 30) -> CertFiles:
-    """Create a CA and a server certificate (SAN 127.0.0.1, localhost) in ``directory``."""
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def write_certificates(directory: Path, *, days: int = 30, client: bool = False) -> CertFiles:
+    """Create a CA and a server certificate (SAN 127.0.0.1, localhost) in ``directory``.
+
+    ``client``: a client certificate (EKU clientAuth, no SAN) instead, in ``client-ca.pem``,
+    ``client.pem`` and ``client-key.pem``, so both kinds can share a directory.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     # TLS checks validity against the real clock, never the simulator's injectable one.
     now = dt.datetime.now(dt.UTC)
@@ -53,60 +72,43 @@ def write_certificates(directory: Path, *, days: int = 30) -> CertFiles:
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
+        .subject_name(_name("o365collector simulator client" if client else "127.0.0.1"))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
+    )
+    if not client:
+        builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
             critical=False,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    cert = (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
     pem = serialization.Encoding.PEM
-    files = CertFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    if client:
+        files = CertFiles(directory / "client-ca.pem", directory / "client.pem", directory / "client-key.pem")
+    else:
+        files = CertFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     files.ca_file.write_bytes(ca_cert.public_bytes(pem))
     files.cert_file.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     files.key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

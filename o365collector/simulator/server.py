@@ -31,21 +31,25 @@ Dispatch = Callable[[Request], Response | None]
 """Answers a request; None means drop the connection without answering."""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default listen backlog (5) drops connections when hundreds of tenants connect at once.
-    request_queue_size = 256
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1, over TLS when given a context, that can drop its open connections.
 
-    def __init__(self, port: int, context: ssl.SSLContext, dispatch: Dispatch, date_source: Callable[[], dt.datetime]):
+    The TLS handshake is left to the connection's own thread (``LoopbackHandler.setup``), so a slow
+    client never blocks ``accept``. Also the base of the test suite's loopback servers.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext | None = None) -> None:
         self.context = context
-        self.dispatch = dispatch
-        self.date_source = date_source
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__((LOOPBACK, port), _Handler)
+        super().__init__((LOOPBACK, port), handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
+        if self.context is None:
+            return sock, address
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -58,10 +62,6 @@ class _Server(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up, reject our certificate or time out are routine here.
-        logger.debug("connection from %s ended: %r", client_address, sys.exc_info()[1])
-
     def close_connections(self) -> None:
         with self._open_lock:
             open_sockets = list(self._open)
@@ -73,19 +73,43 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive; idle connections end after ``timeout`` seconds; completes the TLS handshake."""
+
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def connection_timeout(self) -> float | None:
+        """Seconds the TLS handshake and each read may take; ``timeout`` unless a subclass says otherwise."""
+        return self.timeout
+
+    def setup(self) -> None:
+        self.request.settimeout(self.connection_timeout())
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
+
+
+class _Server(LoopbackHTTPServer):
+    # The default listen backlog (5) drops connections when hundreds of tenants connect at once.
+    request_queue_size = 256
+
+    def __init__(self, port: int, context: ssl.SSLContext, dispatch: Dispatch, date_source: Callable[[], dt.datetime]):
+        self.dispatch = dispatch
+        self.date_source = date_source
+        super().__init__(port, _Handler, context)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up, reject our certificate or time out are routine here.
+        logger.debug("connection from %s ended: %r", client_address, sys.exc_info()[1])
+
+
+class _Handler(LoopbackHandler):
+    server: _Server
     server_version = "Microsoft-IIS/10.0"
     sys_version = ""
     wbufsize = 1 << 16  # headers and body leave in one write, flushed after each request
-    disable_nagle_algorithm = True
     timeout = 120  # idle keep-alive connections are closed after this many seconds
-
-    def setup(self) -> None:
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         if logger.isEnabledFor(logging.DEBUG):
