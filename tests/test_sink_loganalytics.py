@@ -42,7 +42,7 @@ from o365collector.sinks.registry import parse_sink_settings
 from tests.backends_azure import MAX_CONTENT_LENGTH, LogsIngestionBackend
 from tests.receivers import refusing_url
 from tests.support import TENANT
-from tests.test_infra_template import kusto_language_service
+from tests.test_infra_template import kusto_language_service, walk_strings
 
 pytestmark = pytest.mark.integration
 
@@ -533,18 +533,6 @@ def test_end_to_end_an_outage_of_the_ingestion_endpoint_loses_nothing_and_duplic
 
 def template() -> dict[str, Any]:
     return dict(json.loads(TEMPLATE.read_text()))
-
-
-def walk_strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield key
-            yield from walk_strings(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from walk_strings(item)
 
 
 def resource(kind: str) -> dict[str, Any]:
