@@ -4,9 +4,12 @@
 
 A two-day backfill, then three restarts (each a fresh collector, as after a redeploy or a crash):
 new and late-listed content inside the re-listed overlap, then nothing new, then two collectors
-listing and shipping the same streams at the same time. The simulator counts every API call and
-every successful content GET per blob; every storage REST call (each one a billed transaction) is
-counted by resource and operation. Target: exactly one successful GET per blob.
+listing and shipping the same streams at the same time; then a run with a late sweep (content
+listed 6 h after its contentCreated, found by re-listing 24 h) and a run without one, whose
+listing calls and storage transactions are printed side by side: the sweep's extra cost. The
+simulator counts every API call and every successful content GET per blob; every storage REST call
+(each one a billed transaction) is counted by resource and operation. Target: exactly one
+successful GET per blob.
 
 The cost estimate multiplies those counts by list prices (USD, East US, pay-as-you-go, LRS; free
 grants ignored, so it is an upper bound) and adds the Functions execution time a million records take
@@ -29,6 +32,8 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from bench.harness import TENANT, FastReceiver, SteppedClock, StorageCounter, azurite, machine
 from o365collector.cli import run_once
@@ -170,6 +175,24 @@ def main(argv: list[str] | None = None) -> int:
                 codes.extend(results.values())
                 for made in pair:
                     made.close()
+
+                # 4. A late sweep is due (over 60 min since the first run's); content listed 6 h late.
+                now = clock()
+                for content_type in CONTENT_TYPES:
+                    sim.generate(
+                        tid,
+                        content_type,
+                        now - dt.timedelta(hours=6, minutes=10),
+                        now - dt.timedelta(hours=6),
+                        blob_every=dt.timedelta(minutes=2),
+                        records_per_blob=(1, 60),
+                        listing_delay=dt.timedelta(hours=6, minutes=5),
+                    )
+                clock.advance(dt.timedelta(minutes=15))
+                sweep = measure_run(collector, sim, counter, codes)
+                # 5. The next run, 5 minutes later: no sweep is due, only the overlap is re-listed.
+                clock.advance(dt.timedelta(minutes=5))
+                plain = measure_run(collector, sim, counter, codes)
     finally:
         receiver.stop()
         sim.stop()
@@ -189,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         f"({once} fetched exactly once, {max(fetches.values(), default=0)} at most); "
         f"{requests['list']} listing calls ({requests['list'] / len(blobs):.2f} per blob), "
         f"{requests['token']} token requests"
+    )
+    streams = len(CONTENT_TYPES)
+    extra_calls = (sweep.list_calls - plain.list_calls) / streams
+    extra_storage = (sweep.storage - sweep.late_blobs - plain.storage) / streams
+    print(
+        f"late sweep ({streams} streams, 24 h re-listed, 48 blobs a day per stream, 20 per page): the listing "
+        f"half of a run with it made {sweep.list_calls} listing calls and {sweep.storage} storage transactions "
+        f"(of which {sweep.late_blobs} queue messages for the late blobs it found); the next run, without it, "
+        f"{plain.list_calls} and {plain.storage}: {extra_calls:.1f} listing calls and {extra_storage:.1f} storage "
+        f"transactions more per stream per sweep, {extra_calls * 24:.0f} and {extra_storage * 24:.0f} per stream "
+        "per day at the hourly default"
     )
     backfill = _by_role(backfill_counts, settings)
     overall = _by_role(counter.counts, settings)
@@ -217,9 +251,35 @@ def main(argv: list[str] | None = None) -> int:
             f"+ execution time ${compute:.4f} ({args.records_per_second:,.0f} records/s on a "
             f"{INSTANCE_GB * 1000:.0f} MB instance) = ${total:.4f}"
         )
-    ok = once == len(blobs) and received.records >= served and set(codes) == {0}
+    ok = once == len(blobs) and received.records >= served and set(codes) == {0} and sweep.late_blobs > 0
     print("result:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+@dataclass(frozen=True)
+class RunCost:
+    list_calls: int
+    storage: int
+    late_blobs: int
+
+
+def measure_run(
+    make: Callable[[], Collector], sim: Simulator, counter: StorageCounter, codes: list[int]
+) -> RunCost:
+    """The listing half of a fresh collector's run (list, enqueue, checkpoints, status): its listing calls,
+    storage transactions and late blobs. The blobs it enqueued are shipped afterwards, outside the figures."""
+    collector = make()
+    calls, transactions = sim.stats.requests["list"], sum(counter.counts.values())
+    listed = collector.run_lister()
+    collector.record_listing(listed)
+    cost = RunCost(
+        sim.stats.requests["list"] - calls,
+        sum(counter.counts.values()) - transactions,
+        sum(s.late_blobs for s in listed.streams),
+    )
+    codes.append(run_quietly(collector))
+    collector.close()
+    return cost
 
 
 def _by_role(counts: Counter[tuple[str, str, str]], settings: Settings) -> Counter[tuple[str, str]]:

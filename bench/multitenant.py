@@ -84,9 +84,9 @@ def main() -> int:
         try:
             entries, secrets = [], {}
             for index, (tenant_id, client_id, secret) in enumerate(tenant_ids(count)):
-                secrets[f"TENANT_SECRET_{index}"] = secret
+                secrets[f"O365_SECRET_TENANT_{index}"] = secret
                 entries.append(
-                    {"tenantId": tenant_id, "clientId": client_id, "credential": f"setting:TENANT_SECRET_{index}"}
+                    {"tenantId": tenant_id, "clientId": client_id, "credential": f"setting:O365_SECRET_TENANT_{index}"}
                 )
             env = {
                 "O365_TENANTS": orjson.dumps(entries).decode(),

@@ -8,6 +8,8 @@ vouch for it. TLS trust follows ``REQUESTS_CA_BUNDLE`` like every requests-based
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import requests
@@ -16,8 +18,9 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CertificateCredential, ClientSecretCredential
 
-from .config import CertificateCredentialConfig, TenantConfig
-from .errors import ApiPermanentError, ApiTransientError
+from .config import MAX_CERTIFICATE_BYTES, CertificateCredentialConfig, TenantConfig
+from .errors import ApiPermanentError, ApiTransientError, ConfigError
+from .redaction import redact, scrub_exception
 
 # What the AADSTS codes azure-identity reports mean for the admin.
 AADSTS_HINTS: dict[str, str] = {
@@ -43,16 +46,63 @@ def build_credential(tenant: TenantConfig, *, session: requests.Session | None =
     if session is not None:
         options["transport"] = RequestsTransport(session=session, session_owner=False)
     if isinstance(cred, CertificateCredentialConfig):
-        return CertificateCredential(tenant.tenant_id, cred.client_id, cred.certificate_path, **options)
+        # The bytes, not the path: azure-identity would read any file whole, however large.
+        pem = read_certificate(cred, tenant_id=tenant.tenant_id)
+        return CertificateCredential(tenant.tenant_id, cred.client_id, certificate_data=pem, **options)
     return ClientSecretCredential(tenant.tenant_id, cred.client_id, cred.client_secret.reveal(), **options)
 
 
+def read_certificate(
+    cred: CertificateCredentialConfig, *, tenant_id: str, max_bytes: int = MAX_CERTIFICATE_BYTES
+) -> bytes:
+    """The PEM file's bytes: a regular file, inside ``cred.folder`` when one is set, at most ``max_bytes``.
+
+    The cap is enforced while reading, not by a size check first: a device or FIFO (``/dev/zero``)
+    reports no honest size. The folder check resolves symlinks, and the resolved path is opened with
+    ``O_NOFOLLOW``, so a link swapped in after the check is refused too.
+    """
+    setting = "O365_CLIENT_CERTIFICATE_PATH" if cred.folder is None else "O365_CERTIFICATE_DIR"
+    where = f"certificate {cred.certificate_path!r} of tenant {tenant_id}"
+    path, flags = cred.certificate_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if cred.folder is not None:
+        folder = os.path.realpath(cred.folder)
+        path = os.path.realpath(path)
+        if not path.startswith(folder.rstrip("/") + "/"):
+            raise ConfigError(setting, f"{where} leads outside {cred.folder} (a symbolic link): refused")
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise ConfigError(setting, f"{where} cannot be opened: {err.strerror}") from err
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(setting, f"{where} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = file.read(max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > max_bytes:
+        raise ConfigError(setting, f"{where} is larger than {max_bytes // 1024} KiB: not a PEM certificate and key")
+    return b"".join(chunks)
+
+
 def explain_auth_error(err: ClientAuthenticationError) -> str:
-    text = str(err.message or err)
+    """The admin's hint for a known AADSTS code, else the first line of azure-identity's text, redacted.
+
+    That text quotes the token endpoint's answer, and an endpoint (a proxy, a misconfigured STS) may echo
+    the request's form, client_secret included: redacted before the line is picked, so a secret holding a
+    line break cannot leave its first half behind.
+    """
+    text = redact(str(err.message or err), keep_newlines=True)
     for code, hint in AADSTS_HINTS.items():
         if code in text:
             return f"{code}: {hint}"
-    return f"token request failed: {text.splitlines()[0][:300] if text else type(err).__name__}"
+    lines = text.splitlines()
+    return f"token request failed: {lines[0][:300] if lines else type(err).__name__}"
 
 
 class TokenProvider:
@@ -73,6 +123,7 @@ class TokenProvider:
             return self._credential.get_token(self._scope).token
         except ClientAuthenticationError as err:
             message = explain_auth_error(err)
+            scrub_exception(err)  # chained as the cause: whoever prints ours with its causes sees redacted text
             if any(code in message for code in AADSTS_HINTS):
                 raise ApiPermanentError(message, code=message.split(":")[0]) from err
             if "authority configuration" in message:

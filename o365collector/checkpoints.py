@@ -3,8 +3,11 @@
 Checkpoint (table ``O365_CHECKPOINT_TABLE``, PartitionKey = tenant id, RowKey = content type):
 ``Cursor`` is the end of the last listing window whose blobs are all on the queue. It only moves
 forward and only under the ETag read with it, so two overlapping runs cannot move it back or
-skip a window. ``Recent`` remembers the blobs enqueued inside the re-listed overlap, so re-listing
-does not enqueue them again (the ledger would skip them anyway; this saves queue traffic).
+skip a window. ``Recent`` (with ``Recent1`` .. ``Recent13``: one binary property holds 64 KiB)
+remembers the blobs enqueued as far back as a coming run may re-list (the overlap and the late
+sweep's lookback), so re-listing does not enqueue them again (the ledger would skip them anyway;
+this saves queue traffic). ``LateSweepAt`` is when the last late sweep was planned; it is saved
+with the last window of the sweep, after that window's blobs are on the queue.
 
 Ledger (table ``O365_LEDGER_TABLE``, PartitionKey = tenant id, RowKey = sha256 of the content id):
 one row per content blob, ``claimed`` → ``done`` (or ``lost`` when the source no longer has it).
@@ -17,19 +20,25 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableEntity, UpdateMode
 
 from .errors import RetryableError
 from .models import FetchTask, utc
 
 _ENTRY = struct.Struct(">8sI")  # 8-byte content-id hash, contentCreated as epoch seconds
-RECENT_MAX_ENTRIES = 5000  # 60 KB: under the 64 KiB limit of one binary table property
+RECENT_PROPERTY_ENTRIES = 64 * 1024 // _ENTRY.size  # 5,461 entries: one binary property holds 64 KiB
+# 14 properties (917 KB) stay under the 1 MiB entity limit with room for the other properties. That is
+# 76,454 blobs: a day and an hour of one stream at 3,000 blobs per hour. Past it the oldest are
+# forgotten; a re-listing enqueues those again and the ledger skips them.
+RECENT_PROPERTIES = ("Recent", *(f"Recent{i}" for i in range(1, 14)))
+RECENT_MAX_ENTRIES = RECENT_PROPERTY_ENTRIES * len(RECENT_PROPERTIES)
 
 
 class CheckpointConflictError(RetryableError):
@@ -52,14 +61,20 @@ class RecentBlobs:
     def add(self, content_id: str, created: dt.datetime) -> None:
         self.entries[_content_hash(content_id)] = int(utc(created).timestamp())
 
-    def prune(self, older_than: dt.datetime) -> None:
-        """Forget blobs created before ``older_than`` (they can no longer be re-listed)."""
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def prune(self, older_than: dt.datetime) -> int:
+        """Forget blobs created before ``older_than`` (they will not be re-listed), then the oldest past
+        ``RECENT_MAX_ENTRIES``; returns how many were forgotten for want of room."""
         limit = int(utc(older_than).timestamp())
         self.entries = {h: t for h, t in self.entries.items() if t >= limit}
-        if len(self.entries) > RECENT_MAX_ENTRIES:
+        excess = len(self.entries) - RECENT_MAX_ENTRIES
+        if excess > 0:
             # Keep the newest: losing old entries only means a possible re-enqueue the ledger skips.
             newest = sorted(self.entries.items(), key=lambda kv: kv[1])[-RECENT_MAX_ENTRIES:]
             self.entries = dict(newest)
+        return max(excess, 0)
 
     def to_bytes(self) -> bytes:
         return b"".join(_ENTRY.pack(h, t) for h, t in self.entries.items())
@@ -70,6 +85,22 @@ class RecentBlobs:
             return cls()
         usable = len(data) - len(data) % _ENTRY.size
         return cls(dict(_ENTRY.iter_unpack(data[:usable])))
+
+    def to_properties(self) -> dict[str, bytes]:
+        """The set as binary entity properties of at most 64 KiB each (``Recent`` always, the rest when used).
+
+        Call ``prune`` first: entries past ``RECENT_MAX_ENTRIES`` have no property to go to.
+        """
+        data = self.to_bytes()
+        size = RECENT_PROPERTY_ENTRIES * _ENTRY.size
+        chunks = [data[i : i + size] for i in range(0, len(data), size)][: len(RECENT_PROPERTIES)] or [b""]
+        return dict(zip(RECENT_PROPERTIES, chunks, strict=False))
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> RecentBlobs:
+        # A checkpoint written before the set spread over several properties has only ``Recent``.
+        parts = (entity.get(name) for name in RECENT_PROPERTIES)
+        return cls.from_bytes(b"".join(p for p in parts if isinstance(p, bytes)))
 
     def copy(self) -> RecentBlobs:
         return RecentBlobs(dict(self.entries))
@@ -82,6 +113,8 @@ class Checkpoint:
     cursor: dt.datetime | None
     recent: RecentBlobs
     etag: str | None
+    late_sweep_at: dt.datetime | None = None
+    """When the last late sweep was planned (None: never); see ``windows.plan_windows``."""
 
 
 class CheckpointStore:
@@ -93,39 +126,37 @@ class CheckpointStore:
             entity = self._table.get_entity(tenant_id, content_type)
         except ResourceNotFoundError:
             return Checkpoint(tenant_id, content_type, None, RecentBlobs(), None)
-        cursor = entity.get("Cursor")
-        return Checkpoint(
-            tenant_id,
-            content_type,
-            utc(cursor) if isinstance(cursor, dt.datetime) else None,
-            RecentBlobs.from_bytes(entity.get("Recent")),
-            entity.metadata["etag"],
-        )
+        return _checkpoint(entity)
 
     def list(self) -> list[Checkpoint]:
-        return [
-            Checkpoint(
-                e["PartitionKey"],
-                e["RowKey"],
-                utc(e["Cursor"]) if isinstance(e.get("Cursor"), dt.datetime) else None,
-                RecentBlobs.from_bytes(e.get("Recent")),
-                e.metadata["etag"],
-            )
-            for e in self._table.list_entities()
-        ]
+        return [_checkpoint(e) for e in self._table.list_entities()]
 
-    def advance(self, checkpoint: Checkpoint, cursor: dt.datetime, recent: RecentBlobs, now: dt.datetime) -> Checkpoint:
-        """Save ``cursor`` (never backwards, never past ``now``) if nobody else saved since we read."""
+    def advance(
+        self,
+        checkpoint: Checkpoint,
+        cursor: dt.datetime,
+        recent: RecentBlobs,
+        now: dt.datetime,
+        *,
+        late_sweep_at: dt.datetime | None = None,
+    ) -> Checkpoint:
+        """Save ``cursor`` (never backwards, never past ``now``) if nobody else saved since we read.
+
+        ``late_sweep_at`` records a completed late sweep; without it the stored one is kept.
+        """
         cursor = min(utc(cursor), now)
         if checkpoint.cursor is not None and cursor < checkpoint.cursor:
             cursor = checkpoint.cursor
+        swept = late_sweep_at or checkpoint.late_sweep_at
         entity: dict[str, Any] = {
             "PartitionKey": checkpoint.tenant_id,
             "RowKey": checkpoint.content_type,
             "Cursor": cursor,
-            "Recent": recent.to_bytes(),
+            **recent.to_properties(),
             "UpdatedAt": now,
         }
+        if swept is not None:
+            entity["LateSweepAt"] = swept
         try:
             if checkpoint.etag is None:
                 meta = self._table.create_entity(entity)
@@ -137,7 +168,19 @@ class CheckpointStore:
             raise CheckpointConflictError(
                 f"checkpoint {checkpoint.tenant_id}/{checkpoint.content_type} was moved by another run"
             ) from err
-        return Checkpoint(checkpoint.tenant_id, checkpoint.content_type, cursor, recent, meta["etag"])
+        return Checkpoint(checkpoint.tenant_id, checkpoint.content_type, cursor, recent, meta["etag"], swept)
+
+
+def _checkpoint(entity: TableEntity) -> Checkpoint:
+    cursor, swept = entity.get("Cursor"), entity.get("LateSweepAt")
+    return Checkpoint(
+        entity["PartitionKey"],
+        entity["RowKey"],
+        utc(cursor) if isinstance(cursor, dt.datetime) else None,
+        RecentBlobs.from_entity(entity),
+        entity.metadata["etag"],
+        utc(swept) if isinstance(swept, dt.datetime) else None,
+    )
 
 
 class ClaimStatus(StrEnum):
@@ -218,6 +261,22 @@ class Ledger:
             except ResourceModifiedError:
                 continue
         return Claim(ClaimStatus.BUSY, pk, rk)
+
+    def renew(self, claim: Claim, until: dt.datetime) -> Claim | None:
+        """Extend a claim this delivery holds to ``until``; None when the row changed since the claim was read
+        (released, finished, or taken over by another delivery after the lease ran out)."""
+        if claim.status is not ClaimStatus.CLAIMED or claim.etag is None:
+            return None
+        try:
+            meta = self._table.update_entity(
+                {"PartitionKey": claim.partition_key, "RowKey": claim.row_key, "ClaimedUntil": until},
+                mode=UpdateMode.MERGE,
+                etag=claim.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return Claim(claim.status, claim.partition_key, claim.row_key, meta["etag"])
 
     def mark_done(self, claim: Claim, records: int, now: dt.datetime) -> None:
         # Unconditional: the records are shipped, whoever holds the claim now.

@@ -24,11 +24,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .config import Settings
+from .envparse import InvalidSettingsError
 from .errors import CollectorError
 from .fetcher import Outcome
 from .lister import ListerResult, StreamResult
 from .models import CONTENT_TYPES
 from .queue_runner import DrainResult, QueueRunner
+from .redaction import describe, install_log_redaction, redact
 from .runtime import Collector, quiet_sdk_loggers
 from .telemetry import ShipTally, log_run_summary
 
@@ -84,12 +86,7 @@ def list_all(collector: Collector, progress: Progress) -> ListerResult:
             key = (stream.tenant_id, stream.content_type)
             previous = by_stream.get(key)
             if previous is not None:
-                stream.blobs_listed += previous.blobs_listed
-                stream.blobs_enqueued += previous.blobs_enqueued
-                stream.blobs_already_queued += previous.blobs_already_queued
-                stream.windows += previous.windows
-                stream.throttled += previous.throttled
-                stream.seconds += previous.seconds
+                stream.add_earlier(previous)
             by_stream[key] = stream
         if result.windows_left == 0 or all(s.windows == 0 for s in result.streams):
             break
@@ -136,7 +133,7 @@ def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
         f"lost at source {lost}; poisoned {drained.poisoned}; in {seconds:.1f}s"
     )
     for stream in failed:
-        print(f"FAILED {stream.tenant_id} {stream.content_type}: {stream.error}", file=sys.stderr)
+        print(f"FAILED {stream.tenant_id} {stream.content_type}: {redact(stream.error or '')}", file=sys.stderr)
     if drained.timed_out:
         print("FAILED: the queue was not empty when the time limit was reached", file=sys.stderr)
     ok = not failed and lost == 0 and drained.poisoned == 0 and not drained.timed_out
@@ -192,7 +189,7 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
             try:
                 current = {str(s.get("contentType")): str(s.get("status")) for s in api.list_subscriptions()}
             except CollectorError as err:
-                print(f"{tenant.tenant_id}: could not list the subscriptions: {err}", file=sys.stderr)
+                print(f"{tenant.tenant_id}: could not list the subscriptions: {redact(str(err))}", file=sys.stderr)
                 status = 1
                 continue
             for content_type in [*types, *sorted(set(current) - set(types))]:
@@ -214,7 +211,7 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
                         "and content from the stopped period can never be retrieved"
                     )
             except CollectorError as err:
-                print(f"{tenant.tenant_id} {content_type}: {args.action} failed: {err}", file=sys.stderr)
+                print(f"{tenant.tenant_id} {content_type}: {args.action} failed: {redact(str(err))}", file=sys.stderr)
                 status = 1
     return status
 
@@ -282,10 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_log_redaction()  # before the first record: every logger's messages pass it
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_sdk_loggers()
+    if args.log_level != "DEBUG":  # asked for DEBUG, the SDKs' records are wanted too (redacted like ours)
+        quiet_sdk_loggers()
     try:
         return int(args.func(args))
-    except CollectorError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except InvalidSettingsError as err:
+        for one in err.errors:  # every bad setting at once, one `error: NAME: problem` line each
+            print(f"error: {redact(str(one))}", file=sys.stderr)
         return 2
+    except CollectorError as err:
+        print(f"error: {redact(str(err), keep_newlines=True)}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # Not the interpreter's raw traceback: a peer's text inside it may echo a credential.
+        log.exception("unexpected failure: %s", describe(err))
+        return 1

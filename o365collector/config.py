@@ -9,17 +9,18 @@ producing more ``TenantConfig`` values, and everything downstream already iterat
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from .envparse import (
     Environ,
+    Gatherer,
     Secret,
     get_choice,
     get_datetime,
-    get_float,
     get_https_url,
-    get_int,
     get_list,
     get_secret,
     get_str,
@@ -69,6 +70,9 @@ class CertificateCredentialConfig:
 
     client_id: str
     certificate_path: str
+    folder: str | None = None
+    """The folder the file must stay inside (a registry's ``certificate:`` reference); None for the
+    operator's own ``O365_CLIENT_CERTIFICATE_PATH``. Checked again when the file is read (symlinks)."""
     kind: str = "certificate"
 
 
@@ -135,6 +139,13 @@ class CollectionPolicy:
     # How long a fetcher's claim on a blob stands before another delivery may take it over;
     # at least the function timeout, so a live worker is never overtaken.
     claim_lease: dt.timedelta = dt.timedelta(minutes=10)
+    # The late sweep: content the API lists hours after its contentCreated (no bound is documented;
+    # hours are seen) is found by re-listing this far behind, once per late_sweep. 24 h: the API's
+    # widest window, so a sweep is usually one listing (zero: no sweep, only the overlap catches late content).
+    late_lookback: dt.timedelta = dt.timedelta(hours=24)
+    # How often the sweep runs: hourly costs one listing series per stream per hour (not per run),
+    # and a late blob waits at most this (plus one timer interval) once listable.
+    late_sweep: dt.timedelta = dt.timedelta(minutes=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,9 @@ class HttpPolicy:
     # The API allows 2,000 requests per minute per tenant (more for large tenants); keep a margin for
     # other tools of the tenant's that use the same publisher quota.
     max_requests_per_minute: float = 1500.0
+    # A content blob's body, decompressed, is refused beyond this (a gzip bomb must not fill memory).
+    # Blob sizes are undocumented; real ones are far smaller, and the memory bench ships 100 MB blobs.
+    max_content_mb: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +195,20 @@ DEFAULT_CHECKPOINT_TABLE = "o365checkpoints"
 DEFAULT_LEDGER_TABLE = "o365ledger"
 DEFAULT_STATUS_TABLE = "o365status"
 DEFAULT_SCHEDULE = "0 */5 * * * *"
+# A start time this far ahead of the clock is taken as clock skew between machines, not a mistake.
+START_TIME_SKEW = dt.timedelta(minutes=5)
+# Queue visibility timeouts (and so leases held through them) cannot exceed 7 days: the service refuses more.
+QUEUE_MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
+# Per-tenant secrets named by a registry's ``setting:`` reference must be app settings of this form
+# (O365_SECRET_<NAME>), so a registry row can never make the collector send another app setting
+# (AzureWebJobsStorage, a sink's key) to a login host as a client secret.
+SECRET_SETTING_NAME = re.compile(r"O365_SECRET_[A-Za-z0-9_]{1,100}")
+SECRET_SETTING_FORM = "O365_SECRET_<NAME>"  # noqa: S105 (how the name is written in messages, not a password)
+# Where a registry's ``certificate:`` files must live (O365_CERTIFICATE_DIR); a root-owned folder
+# on a VM or container. On Azure, point it at a mounted share.
+DEFAULT_CERTIFICATE_DIR = "/etc/o365collector/certificates"
+# A PEM with a private key and a certificate chain is a few KiB; a bigger file is not a certificate.
+MAX_CERTIFICATE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,66 +234,237 @@ class Settings:
     list_concurrency: int = 8
     status_table: str = DEFAULT_STATUS_TABLE
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    list_schedule: str = DEFAULT_SCHEDULE
+    """The lister timer's NCRONTAB (the Functions host reads the setting itself; checked here so a bad
+    one is reported by ``check`` and at start-up instead of the timer silently never firing)."""
+    message_key: Secret | None = None
+    """When set, the lister signs each queue message (HMAC-SHA256) and the fetcher refuses unsigned or
+    wrongly signed ones to the poison queue: only holders of the key can have a blob fetched."""
 
     @classmethod
-    def from_env(cls, env: Environ) -> Settings:
+    def from_env(cls, env: Environ, *, now: dt.datetime | None = None) -> Settings:
+        """Every setting, read independently: all errors are raised together as one
+        ``InvalidSettingsError`` (a ``ConfigError``; ``.errors`` lists each, one line per setting).
+
+        ``now`` is the start-up instant: start times after it (beyond ``START_TIME_SKEW``) are refused,
+        since nothing would be collected until then. Default: this machine's clock.
+        """
         from .sinks.registry import parse_sink_settings  # the sinks import envparse, not config
         from .tenants import tenants_from_env
 
-        sinks = parse_sink_settings(env)
-        tenant_table = get_str(env, "O365_TENANT_TABLE")
-        if tenant_table is not None:
-            tenant_table = _table_name(env, "O365_TENANT_TABLE", tenant_table)
-        return cls(
-            tenants=tenants_from_env(env, sink_names=tuple(s.name for s in sinks)),
+        now = now if now is not None else dt.datetime.now(dt.UTC)
+        g = Gatherer()
+
+        def table(name: str, default: str) -> str:
+            return g.read(lambda: _table_name(env, name, default), default)
+
+        sinks = g.read(lambda: parse_sink_settings(env), None)
+        # Unknown sinks (their settings failed): tenants' sink lists are not judged against them.
+        sink_names = tuple(s.name for s in sinks) if sinks is not None else None
+        tenant_table = g.read(lambda: _optional_table_name(env, "O365_TENANT_TABLE"), None)
+        g.read(lambda: start_time_from_env(env, "O365_START_TIME", now), None)  # also when tenants are in a table
+        g.read(lambda: certificate_dir_from_env(env), None)
+        settings = cls(
+            tenants=g.read(lambda: tenants_from_env(env, sink_names=sink_names, now=now), ()),
             tenant_table=tenant_table,
-            list_concurrency=get_int(env, "O365_LIST_CONCURRENCY", 8, minimum=1, maximum=64),
-            record_filter=RecordFilter.from_env(env),
-            storage=storage_from_env(env),
-            sinks=sinks,
-            content_queue=_queue_name(env, "O365_CONTENT_QUEUE", DEFAULT_QUEUE),
-            checkpoint_table=_table_name(env, "O365_CHECKPOINT_TABLE", DEFAULT_CHECKPOINT_TABLE),
-            ledger_table=_table_name(env, "O365_LEDGER_TABLE", DEFAULT_LEDGER_TABLE),
-            status_table=_table_name(env, "O365_STATUS_TABLE", DEFAULT_STATUS_TABLE),
-            health=health_from_env(env),
-            policy=policy_from_env(env),
+            list_concurrency=g.get_int(env, "O365_LIST_CONCURRENCY", 8, minimum=1, maximum=64),
+            record_filter=g.read(lambda: RecordFilter.from_env(env), RecordFilter()),
+            storage=g.read(lambda: storage_from_env(env), StorageConfig(None, None, None, None)),
+            sinks=sinks or (),
+            content_queue=g.read(lambda: _queue_name(env, "O365_CONTENT_QUEUE", DEFAULT_QUEUE), DEFAULT_QUEUE),
+            checkpoint_table=table("O365_CHECKPOINT_TABLE", DEFAULT_CHECKPOINT_TABLE),
+            ledger_table=table("O365_LEDGER_TABLE", DEFAULT_LEDGER_TABLE),
+            status_table=table("O365_STATUS_TABLE", DEFAULT_STATUS_TABLE),
+            health=g.read(lambda: health_from_env(env), HealthPolicy()),
+            policy=g.read(lambda: policy_from_env(env), CollectionPolicy()),
             http=HttpPolicy(
-                timeout_seconds=get_float(env, "O365_HTTP_TIMEOUT_SECONDS", 60.0, minimum=1.0),
-                max_attempts=get_int(env, "O365_RETRY_MAX_ATTEMPTS", 6, minimum=1, maximum=20),
-                max_retry_seconds=get_float(env, "O365_RETRY_MAX_SECONDS", 120.0),
-                backoff_seconds=get_float(env, "O365_RETRY_BACKOFF_SECONDS", 1.0),
-                max_requests_per_minute=get_float(env, "O365_MAX_REQUESTS_PER_MINUTE", 1500.0, minimum=1.0),
+                # Up to the 10-minute function timeout: one call may not outlive the run that made it.
+                timeout_seconds=g.get_float(env, "O365_HTTP_TIMEOUT_SECONDS", 60.0, minimum=1.0, maximum=600.0),
+                max_attempts=g.get_int(env, "O365_RETRY_MAX_ATTEMPTS", 6, minimum=1, maximum=20),
+                max_retry_seconds=g.get_float(env, "O365_RETRY_MAX_SECONDS", 120.0, maximum=600.0),
+                backoff_seconds=g.get_float(env, "O365_RETRY_BACKOFF_SECONDS", 1.0, maximum=60.0),
+                # 2,000/min is the documented quota; large tenants get more, never 100 times more.
+                max_requests_per_minute=g.get_float(
+                    env, "O365_MAX_REQUESTS_PER_MINUTE", 1500.0, minimum=1.0, maximum=100_000.0
+                ),
+                max_content_mb=g.get_int(env, "O365_MAX_CONTENT_MB", 512, minimum=1, maximum=4096),
             ),
             queue_runner=QueueRunnerConfig(
                 visibility_timeout=dt.timedelta(
-                    seconds=get_int(env, "O365_QUEUE_VISIBILITY_TIMEOUT_SECONDS", 30, minimum=0)
+                    seconds=g.get_int(
+                        env,
+                        "O365_QUEUE_VISIBILITY_TIMEOUT_SECONDS",
+                        30,
+                        minimum=0,
+                        maximum=QUEUE_MAX_VISIBILITY_SECONDS,
+                    )
                 ),
-                max_dequeue_count=get_int(env, "O365_MAX_DEQUEUE_COUNT", 5, minimum=1, maximum=100),
+                max_dequeue_count=g.get_int(env, "O365_MAX_DEQUEUE_COUNT", 5, minimum=1, maximum=100),
             ),
+            list_schedule=g.read(lambda: schedule_from_env(env), DEFAULT_SCHEDULE),
+            message_key=g.read(lambda: message_key_from_env(env), None),
         )
+        g.raise_if_any()
+        return settings
 
 
-def tenant_from_env(env: Environ) -> TenantConfig:
-    """The single tenant of the ``O365_*`` settings."""
-    tenant_id = parse_guid("O365_TENANT_ID", require_str(env, "O365_TENANT_ID", "the Microsoft 365 tenant GUID"))
-    client_id = parse_guid(
-        "O365_CLIENT_ID", require_str(env, "O365_CLIENT_ID", "the application (client) id of the app registration")
+def tenant_from_env(env: Environ, *, now: dt.datetime | None = None) -> TenantConfig:
+    """The single tenant of the ``O365_*`` settings (every field checked, all errors raised together)."""
+    g = Gatherer()
+    tenant_id = g.read(
+        lambda: parse_guid("O365_TENANT_ID", require_str(env, "O365_TENANT_ID", "the Microsoft 365 tenant GUID")), ""
     )
+    client_id = g.read(
+        lambda: parse_guid(
+            "O365_CLIENT_ID", require_str(env, "O365_CLIENT_ID", "the application (client) id of the app registration")
+        ),
+        "",
+    )
+    certificate = get_str(env, "O365_CLIENT_CERTIFICATE_PATH")
     secret = get_secret(env, "O365_CLIENT_SECRET")
-    if secret is None:
-        raise ConfigError("O365_CLIENT_SECRET", "is required but not set (the app registration's client secret)")
-    cloud = get_choice(env, "O365_CLOUD", "Enterprise", tuple(CLOUDS))
+    credential: CredentialConfig
+    if certificate is not None:
+        credential = CertificateCredentialConfig(client_id, certificate)
+    else:
+        if secret is None:
+            g.errors.append(
+                ConfigError(
+                    "O365_CLIENT_SECRET",
+                    "is required but not set (the app registration's client secret, "
+                    "or set O365_CLIENT_CERTIFICATE_PATH for a certificate credential)",
+                )
+            )
+        credential = ClientSecretCredentialConfig(client_id=client_id, client_secret=secret or Secret(""))
+    cloud = g.read(lambda: get_choice(env, "O365_CLOUD", "Enterprise", tuple(CLOUDS)), "Enterprise")
     publisher = get_str(env, "O365_PUBLISHER_ID")
-    return TenantConfig(
+    tenant = TenantConfig(
         tenant_id=tenant_id,
-        credential=ClientSecretCredentialConfig(client_id=client_id, client_secret=secret),
+        credential=credential,
         cloud=cloud,
-        api_url=get_https_url(env, "O365_API_URL") or CLOUDS[cloud].api_url,
-        authority_host=get_https_url(env, "O365_AUTHORITY_HOST") or CLOUDS[cloud].authority_host,
-        publisher_id=parse_guid("O365_PUBLISHER_ID", publisher) if publisher else tenant_id,
-        content_types=content_types_from_env(env),
-        start_time=get_datetime(env, "O365_START_TIME"),
+        api_url=g.read(lambda: api_url_from_env(env, "O365_API_URL"), None) or CLOUDS[cloud].api_url,
+        authority_host=g.read(lambda: api_url_from_env(env, "O365_AUTHORITY_HOST"), None)
+        or CLOUDS[cloud].authority_host,
+        publisher_id=g.read(lambda: parse_guid("O365_PUBLISHER_ID", publisher), "") if publisher else tenant_id,
+        content_types=g.read(lambda: content_types_from_env(env), CONTENT_TYPES),
+        start_time=g.read(lambda: start_time_from_env(env, "O365_START_TIME", now), None),
     )
+    g.raise_if_any()
+    return tenant
+
+
+def start_time_from_env(env: Environ, name: str, now: dt.datetime | None) -> dt.datetime | None:
+    """A start of collection, refused when it lies in the future (``now`` None: not checked).
+
+    A future start lists nothing until then, while every run reports success: a typo (2027 for 2026)
+    would go unnoticed for months.
+    """
+    value = get_datetime(env, name)
+    if value is not None and now is not None and value > now + START_TIME_SKEW:
+        raise ConfigError(
+            name,
+            f"{value.isoformat().replace('+00:00', 'Z')} is in the future (now "
+            f"{now.astimezone(dt.UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')}): nothing would be "
+            "collected until then; give a past time, or leave it unset to start as far back as the API allows",
+        )
+    return value
+
+
+def api_url_from_env(env: Environ, name: str) -> str | None:
+    """``get_https_url`` plus a port check: ``https://host:99999`` would only fail at the first request."""
+    url = get_https_url(env, name)
+    if url is not None:
+        try:
+            port = urlparse(url).port
+        except ValueError:  # not a number, or beyond 65535
+            port = 0
+        if port == 0:
+            raise ConfigError(name, "has an invalid port (expected https://host[:port] with a port of 1-65535)")
+    return url
+
+
+def certificate_dir_from_env(env: Environ) -> str:
+    """``O365_CERTIFICATE_DIR``: the only folder a registry's ``certificate:`` reference may read from."""
+    folder = get_str(env, "O365_CERTIFICATE_DIR", DEFAULT_CERTIFICATE_DIR) or DEFAULT_CERTIFICATE_DIR
+    if not posixpath.isabs(folder):
+        raise ConfigError("O365_CERTIFICATE_DIR", f"{folder!r} must be an absolute path")
+    return posixpath.normpath(folder)
+
+
+# NCRONTAB fields: name, lowest, highest, names allowed in place of numbers.
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
+}
+_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_CRON_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("second", 0, 59, {}),
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 6, _DAYS),
+)
+_TIMESPAN = re.compile(r"\d+(\.\d+)?:\d+(:\d+)?")
+
+
+# An HMAC key shorter than this could be guessed; a generated key (openssl rand -base64 32) is 44 characters.
+MIN_MESSAGE_KEY_CHARS = 32
+
+
+def message_key_from_env(env: Environ, name: str = "O365_MESSAGE_KEY") -> Secret | None:
+    """The optional key that signs queue messages; refused when too short to resist guessing."""
+    key = get_secret(env, name)
+    if key is not None and len(key.reveal()) < MIN_MESSAGE_KEY_CHARS:
+        raise ConfigError(
+            name, f"is too short: use at least {MIN_MESSAGE_KEY_CHARS} random characters (openssl rand -base64 32)"
+        )
+    return key
+
+
+def schedule_from_env(env: Environ, name: str = "O365_LIST_SCHEDULE") -> str:
+    """The lister's NCRONTAB schedule: six fields (second minute hour day month day-of-week).
+
+    A TimeSpan (``00:05:00``) works only on App Service plans; this app runs on Flex Consumption,
+    where the timer accepts NCRONTAB only, so a TimeSpan is refused here with that reason.
+    """
+    text = get_str(env, name, DEFAULT_SCHEDULE) or DEFAULT_SCHEDULE
+    if _TIMESPAN.fullmatch(text):
+        raise ConfigError(
+            name,
+            f"{text!r} is a TimeSpan, which works only on App Service plans; on Flex Consumption use an NCRONTAB "
+            f"expression (e.g. {DEFAULT_SCHEDULE!r}: every 5 minutes)",
+        )
+    fields = text.split()
+    expected = "six fields: second minute hour day month day-of-week, e.g. " + repr(DEFAULT_SCHEDULE)
+    if len(fields) != len(_CRON_FIELDS):
+        raise ConfigError(name, f"{text!r} has {len(fields)} field(s); an NCRONTAB expression has {expected}")
+    for value, (field_name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        if not _cron_field_ok(value, low, high, names):
+            raise ConfigError(
+                name, f"{text!r}: the {field_name} field {value!r} is not valid ({low}-{high}, *, a-b, */n, lists)"
+            )
+    return text
+
+
+def _cron_field_ok(text: str, low: int, high: int, names: dict[str, int]) -> bool:
+    def number(item: str) -> int | None:
+        if item.lower() in names:
+            return names[item.lower()]
+        if re.fullmatch(r"[0-9]{1,2}", item) and low <= int(item) <= high:
+            return int(item)
+        return None
+
+    for part in text.split(","):
+        base, slash, step = part.partition("/")
+        if slash and not (re.fullmatch(r"[0-9]{1,2}", step) and 0 < int(step) <= high + 1):
+            return False
+        if base == "*":
+            continue
+        first, dash, last = base.partition("-")
+        start = number(first)
+        if start is None or (dash and ((end := number(last)) is None or end < start)):
+            return False
+    return True
 
 
 def content_types_from_env(env: Environ, name: str = "O365_CONTENT_TYPES") -> tuple[str, ...]:
@@ -307,25 +506,41 @@ def storage_from_env(env: Environ, name: str = "AzureWebJobsStorage") -> Storage
 
 
 def policy_from_env(env: Environ) -> CollectionPolicy:
-    window = get_int(env, "O365_WINDOW_MINUTES", 360, minimum=1, maximum=24 * 60)
-    return CollectionPolicy(
+    g = Gatherer()  # every timing setting is checked, and all errors are reported together
+    window = g.get_int(env, "O365_WINDOW_MINUTES", 360, minimum=1, maximum=24 * 60)
+    policy = CollectionPolicy(
         window=dt.timedelta(minutes=window),
-        overlap=dt.timedelta(minutes=get_int(env, "O365_OVERLAP_MINUTES", 60, minimum=0, maximum=24 * 60)),
-        end_delay=dt.timedelta(minutes=get_int(env, "O365_END_DELAY_MINUTES", 5, minimum=0, maximum=24 * 60)),
-        list_budget=dt.timedelta(seconds=get_int(env, "O365_LIST_BUDGET_SECONDS", 240, minimum=1)),
-        claim_lease=dt.timedelta(seconds=get_int(env, "O365_CLAIM_LEASE_SECONDS", 600, minimum=1)),
+        overlap=dt.timedelta(minutes=g.get_int(env, "O365_OVERLAP_MINUTES", 60, minimum=0, maximum=24 * 60)),
+        end_delay=dt.timedelta(minutes=g.get_int(env, "O365_END_DELAY_MINUTES", 5, minimum=0, maximum=24 * 60)),
+        # An hour: far beyond any function timeout, and the next run carries on anyway.
+        list_budget=dt.timedelta(seconds=g.get_int(env, "O365_LIST_BUDGET_SECONDS", 240, minimum=1, maximum=3600)),
+        # The command-line runner holds queue messages invisible for the lease: the queue's 7-day limit.
+        claim_lease=dt.timedelta(
+            # At least a minute: shorter leases lapse between renewals under a slow storage round trip.
+            seconds=g.get_int(env, "O365_CLAIM_LEASE_SECONDS", 600, minimum=60, maximum=QUEUE_MAX_VISIBILITY_SECONDS)
+        ),
+        late_lookback=dt.timedelta(hours=g.get_int(env, "O365_LATE_LOOKBACK_HOURS", 24, minimum=0, maximum=7 * 24)),
+        late_sweep=dt.timedelta(minutes=g.get_int(env, "O365_LATE_SWEEP_MINUTES", 60, minimum=0, maximum=24 * 60)),
     )
+    g.raise_if_any()
+    return policy
 
 
 def health_from_env(env: Environ) -> HealthPolicy:
-    return HealthPolicy(
+    g = Gatherer()
+    policy = HealthPolicy(
         max_listing_age=dt.timedelta(
-            minutes=get_int(env, "O365_HEALTH_MAX_LISTING_AGE_MINUTES", 30, minimum=1, maximum=7 * 24 * 60)
+            minutes=g.get_int(env, "O365_HEALTH_MAX_LISTING_AGE_MINUTES", 30, minimum=1, maximum=7 * 24 * 60)
         ),
-        max_throttled=get_int(env, "O365_HEALTH_MAX_THROTTLED", 50, minimum=0),
-        lost_data_lookback=dt.timedelta(hours=get_int(env, "O365_HEALTH_LOST_DATA_HOURS", 24, minimum=0)),
-        max_poison=get_int(env, "O365_HEALTH_MAX_POISON", 0, minimum=0),
+        max_throttled=g.get_int(env, "O365_HEALTH_MAX_THROTTLED", 50, minimum=0, maximum=1_000_000),
+        # A year: losses older than that are history, not an alert.
+        lost_data_lookback=dt.timedelta(
+            hours=g.get_int(env, "O365_HEALTH_LOST_DATA_HOURS", 24, minimum=0, maximum=366 * 24)
+        ),
+        max_poison=g.get_int(env, "O365_HEALTH_MAX_POISON", 0, minimum=0, maximum=1_000_000),
     )
+    g.raise_if_any()
+    return policy
 
 
 def _queue_name(env: Environ, name: str, default: str) -> str:
@@ -335,6 +550,11 @@ def _queue_name(env: Environ, name: str, default: str) -> str:
     if not ok or not all(c.isalnum() or c == "-" for c in value):
         raise ConfigError(name, f"{value!r} is not a valid queue name (3-56 lower-case letters, digits, hyphens)")
     return value
+
+
+def _optional_table_name(env: Environ, name: str) -> str | None:
+    value = get_str(env, name)
+    return _table_name(env, name, value) if value is not None else None
 
 
 def _table_name(env: Environ, name: str, default: str) -> str:

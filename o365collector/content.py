@@ -13,15 +13,20 @@ with the same key (``[{"CreationTime":…},{"CreationTime":…}]``), without lin
 whatever the input: the ranges are accepted only if every one parses as a JSON object on its own, and
 then, JSON's grammar being unambiguous, they are exactly the array's elements. Any other shape, and any
 range that fails to parse, falls back to parsing the whole body, which either yields the records or
-raises the error a malformed blob deserves (``ApiPermanentError`` naming the blob).
+raises the error a malformed blob deserves (``MalformedContentError`` naming the blob). A blob is
+malformed unless it is a JSON array whose every element is an object: a record is an object, and
+sinks index records by field.
 
 Numbers keep their exact value: a record holding an integer orjson would read as a float (beyond 64
-bits) is parsed by the standard library instead; ``served()`` never re-writes numbers at all.
+bits) is parsed by the standard library instead; ``served()`` never re-writes numbers at all. Both
+parsers refuse what JSON does not have (``NaN``, ``Infinity``) and numbers no double can hold
+(``1e999``), which would otherwise reach the sinks as ``null``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from array import array
@@ -31,7 +36,7 @@ from typing import Any, overload
 
 import orjson
 
-from .errors import ApiPermanentError
+from .errors import ApiPermanentError, MalformedContentError
 from .models import Record
 
 # orjson reads integers beyond 64 bits as floats: above 2**64 (20+ digits), below -2**63 (19+ digits).
@@ -40,10 +45,23 @@ from .models import Record
 HUGE_INTEGER = re.compile(rb"[\[:,]\s*(?:-\d{19,}|\d{20,})")
 
 
+def _no_constant(name: str) -> Any:
+    # The stdlib reads NaN, Infinity and -Infinity, which JSON does not have (orjson refuses them).
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    # The stdlib reads 1e999 as inf; orjson refuses it ("number is infinity when parsed as double").
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is beyond the range of a double")
+    return value
+
+
 def loads(text: bytes | memoryview) -> Any:
-    """One JSON text, numbers exact (see ``HUGE_INTEGER``)."""
+    """One JSON text, numbers exact (see ``HUGE_INTEGER``); ``ValueError`` for what JSON does not allow."""
     if HUGE_INTEGER.search(text):
-        return json.loads(bytes(text))
+        return json.loads(bytes(text), parse_constant=_no_constant, parse_float=_finite_float)
     return orjson.loads(text)
 
 
@@ -51,11 +69,37 @@ def parse_array(body: bytes, what: str) -> list[Any]:
     """The whole body as a list, or ``ApiPermanentError`` naming ``what``."""
     try:
         doc = loads(body)
-    except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:  # orjson's and json's JSONDecodeError, UnicodeDecodeError, the checks above
         raise ApiPermanentError(f"{what} is not valid JSON (or not UTF-8): {err}") from err
     if not isinstance(doc, list):
         raise ApiPermanentError(f"{what} is not a JSON array")
     return doc
+
+
+def parse_records(body: bytes, what: str) -> list[Record]:
+    """The whole body as a list of records (objects), or ``MalformedContentError`` naming ``what``."""
+    try:
+        doc = parse_array(body, what)
+    except ApiPermanentError as err:
+        raise MalformedContentError(str(err)) from err
+    for index, item in enumerate(doc):
+        if not isinstance(item, dict):
+            raise MalformedContentError(
+                f"{what} is not an array of records: element {index} is {_json_kind(item)}, not an object"
+            )
+    return doc
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array"
 
 
 def _split(body: bytes) -> tuple[array[int], array[int], bytes] | None:
@@ -126,14 +170,14 @@ class ContentRecords(Sequence[Record]):
 
     @classmethod
     def from_body(cls, body: bytes, what: str, *, validate_on: Executor | None = None) -> ContentRecords:
-        """Split and validate ``body``, a JSON array of records; ``ApiPermanentError`` naming ``what`` if it is not.
+        """Split and validate ``body``, a JSON array of records; ``MalformedContentError`` naming ``what`` if not.
 
         With ``validate_on``, validation runs there and the error (if any) is raised by ``settle()``
         and by every accessor that waits for it.
         """
         split = _split(body)
         if split is None:
-            return cls(b"", parsed=parse_array(body, what), what=what)
+            return cls(b"", parsed=parse_records(body, what), what=what)
         records = cls(body, *split, what=what)
         if validate_on is None:
             records._validate()
@@ -151,10 +195,10 @@ class ContentRecords(Sequence[Record]):
             return
         # Not the fast path's shape after all, or malformed: whatever parsing the whole body says. The
         # split stays as it was, so draft readers on another thread never see it change under them.
-        self._parsed = parse_array(self._body, self._what)
+        self._parsed = parse_records(self._body, self._what)
 
     def settle(self) -> bool:
-        """Wait for validation; True if the records are held as served. ``ApiPermanentError`` if not valid JSON."""
+        """Wait for validation; True if the records are held as served. ``MalformedContentError`` if malformed."""
         if self._pending is not None:
             self._pending.result()
         return self._parsed is None

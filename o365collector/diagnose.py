@@ -39,9 +39,11 @@ from azure.core.exceptions import (
 
 from .auth import AADSTS_HINTS, TokenProvider
 from .config import Settings, TenantConfig
+from .envparse import InvalidSettingsError
 from .errors import ApiTransientError, CollectorError
 from .management_api import ManagementApiClient
 from .models import TimeWindow
+from .redaction import redact, summary
 from .storage import StorageClients
 
 # Windows are planned from this machine's clock; the API refuses starts older than 7 days and
@@ -83,6 +85,11 @@ class Step:
     detail: str
     subject: str = ""
 
+    def __post_init__(self) -> None:
+        # Details quote peers (a token endpoint, a sink) that may echo our credentials: redacted once, here.
+        # Only the settings step keeps line breaks: it lists every invalid setting, one per line, in our words.
+        object.__setattr__(self, "detail", redact(self.detail, keep_newlines=self.name == "settings"))
+
     @property
     def passed(self) -> bool:
         return self.verdict is Verdict.OK
@@ -108,15 +115,20 @@ def diagnose(
     from .runtime import Collector  # runtime imports the whole pipeline; check needs it only here
 
     try:
-        settings = Settings.from_env(env)
+        settings = Settings.from_env(env, now=clock())
         collector = Collector(settings, sinks=[], environ=env, clock=clock)
         tenants = collector.tenants()
+    except InvalidSettingsError as err:
+        yield from (Step("settings", Verdict.FAIL, str(one)) for one in err.errors)  # every bad setting, one line each
+        return
     except CollectorError as err:
         yield Step("settings", Verdict.FAIL, str(err))
         return
     except Exception as err:  # e.g. the tenant registry table cannot be read
         yield Step("settings", Verdict.FAIL, f"could not load the tenants: {type(err).__name__}: {err}")
         return
+    for problem in collector.registry_problems:  # skipped rows: those tenants are not collected
+        yield Step("registry row", Verdict.FAIL, f"skipped: {summary(problem.problem)}", problem.setting)
     if not tenants:
         yield Step("settings", Verdict.FAIL, "no enabled tenant (O365_TENANT_ID, O365_TENANTS or the tenant registry)")
     else:
@@ -172,7 +184,7 @@ def tenant_steps(
 
 
 def explain_token_failure(err: BaseException, tenant: TenantConfig) -> str:
-    text = str(err)
+    text = redact(str(err))
     for code, hint in AADSTS_HINTS.items():
         if code in text:
             return f"{code}: {hint}"

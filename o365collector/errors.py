@@ -4,6 +4,7 @@
 
     CollectorError
     ├── ConfigError                  a setting is missing or invalid (names the setting)
+    │   └── UnknownTenantError       a tenant id this deployment does not collect from
     ├── RetryableError               try again later: redelivery, not poison
     │   ├── ApiTransientError        throttling (403 AF429, 429), 408, 5xx, AF50000, network
     │   ├── SinkTransientError       backend timeout, 429, 5xx, connection refused
@@ -11,10 +12,12 @@
     └── PermanentError               retrying will not help: an operator must act
         ├── ApiPermanentError        bad tenant, missing permission, disabled subscription, ...
         │   ├── SubscriptionMissingError   AF20022 (the client starts it and retries)
-        │   └── ContentUnavailableError    AF20050/AF20051: the blob is gone at the source
+        │   ├── ContentUnavailableError    AF20050/AF20051: the blob is gone at the source
+        │   └── MalformedContentError      a blob that is not a JSON array of objects, or too large
         ├── UntrustedUrlError        a contentUri / NextPageUri that points away from the API host
         ├── SinkPermanentError       backend refused the data (auth, schema)
-        └── MessageFormatError       a queue message we cannot read
+        ├── MessageFormatError       a queue message we cannot read
+        └── RefusedMessageError      a queue message refused at fetch time: poisoned at once, never retried
 
 Service data stays on the exception (``code``, ``status``, ``retry_after``) so callers can
 classify without parsing messages. Messages never contain secrets or record bodies.
@@ -38,6 +41,14 @@ class ConfigError(CollectorError):
         super().__init__(f"{setting}: {problem}")
         self.setting = setting
         self.problem = problem
+
+
+class UnknownTenantError(ConfigError):
+    """A tenant id (from a queue message) that is not among the configured tenants."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__("O365_TENANT_ID", f"tenant {tenant_id} is not configured in this deployment")
+        self.tenant_id = tenant_id
 
 
 class RetryableError(CollectorError):
@@ -91,6 +102,11 @@ class ContentUnavailableError(ApiPermanentError):
     """AF20050 / AF20051: the content blob no longer exists at the source. Its records are lost."""
 
 
+class MalformedContentError(ApiPermanentError):
+    """A content blob that is not a JSON array of objects (or holds NaN, Infinity, a number beyond a
+    double), or that decompresses beyond ``O365_MAX_CONTENT_MB``. Fetching it again gives the same bytes."""
+
+
 class UntrustedUrlError(PermanentError):
     """A URL from the API points to a host other than the configured API host.
 
@@ -120,6 +136,20 @@ class StorageTransientError(RetryableError):
 
 class MessageFormatError(PermanentError):
     """A queue message is not a content task this version can read."""
+
+
+class RefusedMessageError(PermanentError):
+    """A queue message the fetcher will not act on: forged or misrouted (a contentUri other than the
+    content path of its own tenant and content id, a tenant or content type this deployment does not
+    collect, a missing or wrong signature) or naming a blob that can never be shipped (malformed).
+
+    The handler moves it to the poison queue at once, with ``reason``, instead of letting the queue
+    redeliver it ``maxDequeueCount`` times; a forged message is refused before it claims anything.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def error_chain(err: BaseException) -> Iterator[BaseException]:

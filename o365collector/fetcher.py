@@ -6,6 +6,13 @@ accepted all of its records. Any failure raises, so the Functions host (or the C
 the message again and, after ``maxDequeueCount`` attempts, moves it to the poison queue.
 Content the API no longer has (AF20051 expired, AF20050 gone) cannot be fetched by any retry: it is
 recorded as lost in the ledger and logged at ERROR with its content id, and the message completes.
+
+A message is checked before it claims anything: its tenant and content type must be collected by this
+deployment, and its contentUri must be the content path of its own tenant and content id on the API
+host. Otherwise (a forged or misrouted message) it raises ``RefusedMessageError`` and the handler
+moves it to the poison queue at once; so does a blob that can never ship (malformed, too large),
+after giving its claim back. Without the check, a message pairing a real content id with a URI that
+answers ``[]`` would mark the real blob done with no records.
 """
 
 from __future__ import annotations
@@ -21,10 +28,18 @@ import orjson
 
 from .checkpoints import ClaimStatus, Ledger
 from .content import ContentRecords
-from .errors import CollectorError, ContentUnavailableError
+from .errors import (
+    CollectorError,
+    ContentUnavailableError,
+    MalformedContentError,
+    RefusedMessageError,
+    UnknownTenantError,
+)
 from .filtering import RecordFilter
-from .management_api import ManagementApiClient
+from .leases import ClaimRenewal
+from .management_api import ManagementApiClient, content_uri_problem
 from .models import BlobContext, FetchTask
+from .redaction import printable
 from .sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -37,6 +52,9 @@ class Outcome(StrEnum):
     SKIPPED_DONE = "skipped_done"
     SKIPPED_BUSY = "skipped_busy"
     LOST = "lost"
+    # The message was moved to the poison queue by the handler itself (forged, misrouted, or a blob
+    # that can never ship) and completes: the queue must not redeliver it. Count it as poisoned.
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +62,7 @@ class FetchResult:
     outcome: Outcome
     records: int = 0
     seconds: float = 0.0
-    reason: str | None = None  # why content was LOST (the service's answer)
+    reason: str | None = None  # why content was LOST (the service's answer) or the message REFUSED
     filtered: int = 0  # records dropped by the O365_FILTER_* settings
 
 
@@ -66,41 +84,81 @@ class Fetcher:
         self._lease = claim_lease
         self._clock = clock
 
+    def accepted_api(self, task: FetchTask) -> ManagementApiClient:
+        """The client for ``task``'s tenant, if the message may be acted on; else ``RefusedMessageError``."""
+        try:
+            api = self._api_for_tenant(task.tenant_id)
+        except UnknownTenantError as err:
+            shown = printable(task.tenant_id)
+            raise RefusedMessageError(f"tenant {shown!r} is not configured in this deployment") from err
+        tenant = api.tenant
+        if task.content_type not in tenant.content_types:
+            raise RefusedMessageError(
+                f"content type {printable(task.content_type)!r} is not collected for tenant {tenant.tenant_id} "
+                f"(collected: {', '.join(tenant.content_types)})"
+            )
+        problem = content_uri_problem(
+            task.content_uri, api_url=tenant.api_url, tenant_id=tenant.tenant_id, content_id=task.content_id
+        )
+        if problem is not None:
+            raise RefusedMessageError(problem)
+        return api
+
     def process(self, task: FetchTask, *, delivery_id: str) -> FetchResult:
         started = time.monotonic()
-        fields = {"tenant_id": task.tenant_id, "content_type": task.content_type, "content_id": task.content_id}
+        fields = _log_fields(task)
+        shown = fields["content_id"]
+        api = self.accepted_api(task)  # before the claim: a refused message marks nothing done or lost
         claim = self._ledger.claim(task, delivery_id, self._clock(), self._lease)
         if claim.status is ClaimStatus.DONE or claim.status is ClaimStatus.LOST:
-            log.debug("content %s already %s: skipped", task.content_id, claim.status.value, extra=fields)
+            log.debug("content %s already %s: skipped", shown, claim.status.value, extra=fields)
             return FetchResult(Outcome.SKIPPED_DONE)
         if claim.status is ClaimStatus.BUSY:
-            log.debug("content %s is being shipped by another delivery: skipped", task.content_id, extra=fields)
+            log.debug("content %s is being shipped by another delivery: skipped", shown, extra=fields)
             return FetchResult(Outcome.SKIPPED_BUSY)
 
-        try:
-            # Held as the bytes served and parsed only as sinks read them: see o365collector.content.
-            records = self._api_for_tenant(task.tenant_id).fetch_records(task.content_uri)
-        except ContentUnavailableError as err:
-            self._ledger.mark_lost(claim, str(err), self._clock())
-            lost = dict(fields, content_created=task.content_created.isoformat(), reason=str(err))
-            log.error("%s %s", EXPIRED_MESSAGE, orjson.dumps(lost).decode(), extra=fields)
-            return FetchResult(Outcome.LOST, seconds=time.monotonic() - started, reason=str(err))
-        except CollectorError as err:
-            self._ledger.release(claim, str(err))
-            raise
+        # Renewed while the blob is fetched and shipped, however slow the sink: the claim never lapses while
+        # this delivery is alive, so no other delivery ships the blob meanwhile.
+        with ClaimRenewal(self._ledger, claim, self._lease, self._clock, content_id=shown) as renewal:
+            try:
+                # Held as the bytes served and parsed only as sinks read them: see o365collector.content.
+                records = api.fetch_records(task.content_uri)
+            except MalformedContentError as err:
+                self._ledger.release(renewal.stop(), str(err))
+                raise RefusedMessageError(str(err)) from err
+            except ContentUnavailableError as err:
+                self._ledger.mark_lost(renewal.stop(), str(err), self._clock())
+                lost = dict(fields, content_created=task.content_created.isoformat(), reason=str(err))
+                log.error("%s %s", EXPIRED_MESSAGE, orjson.dumps(lost).decode(), extra=fields)
+                return FetchResult(Outcome.LOST, seconds=time.monotonic() - started, reason=str(err))
+            except CollectorError as err:
+                self._ledger.release(renewal.stop(), str(err))
+                raise
 
-        context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
-        try:
-            to_ship, filtered = self._filter.apply(records)
-            for sink in self._sinks_for_tenant(task.tenant_id):
-                sink.send(to_ship, context)
-            if isinstance(records, ContentRecords):
-                records.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done
-        except Exception as err:
-            self._ledger.release(claim, f"{type(err).__name__}: {err}")
-            raise
+            context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
+            try:
+                to_ship, filtered = self._filter.apply(records)
+                for sink in self._sinks_for_tenant(task.tenant_id):
+                    sink.send(to_ship, context)
+                if isinstance(records, ContentRecords):
+                    records.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done
+            except MalformedContentError as err:  # found by the validation while the sinks read (nothing was sent)
+                self._ledger.release(renewal.stop(), str(err))
+                raise RefusedMessageError(str(err)) from err
+            except Exception as err:
+                self._ledger.release(renewal.stop(), f"{type(err).__name__}: {err}")
+                raise
         self._ledger.mark_done(claim, len(to_ship), self._clock())
         seconds = time.monotonic() - started
         summary: dict[str, object] = {**fields, "records": len(to_ship), "seconds": round(seconds, 3)}
         log.debug("content shipped %s", orjson.dumps(summary).decode(), extra=fields)
         return FetchResult(Outcome.SHIPPED, len(to_ship), seconds, filtered=filtered)
+
+
+def _log_fields(task: FetchTask) -> dict[str, str]:
+    """The task's ids for logs, control characters escaped: a message's text is not to be trusted."""
+    return {
+        "tenant_id": printable(task.tenant_id),
+        "content_type": printable(task.content_type),
+        "content_id": printable(task.content_id),
+    }

@@ -32,7 +32,9 @@ from azure.storage.queue import QueueClient
 from .config import HealthPolicy
 from .errors import MessageFormatError
 from .models import FetchTask
+from .redaction import describe, summary
 from .status import LostBlob, StreamStatus
+from .storage import unreadable_reason
 
 if TYPE_CHECKING:
     from .runtime import Collector
@@ -55,6 +57,8 @@ class StreamReport:
     expired: int = 0
     expired_recent: int = 0
     problems: list[str] = field(default_factory=list)
+    late_sweep_at: dt.datetime | None = None
+    """When the last late sweep was planned (from the checkpoint)."""
 
     @property
     def last_error(self) -> dict[str, Any] | None:
@@ -94,7 +98,22 @@ class StreamReport:
                 "blobs_enqueued": s.blobs_enqueued,
                 "throttled": s.throttled,
                 "seconds": s.run_seconds,
+                "late_blobs": s.late_blobs,
+                "max_lateness_seconds": s.max_lateness_seconds,
+                "sweep_windows": s.sweep_windows,
+                "refused_entries": s.refused_entries,
             },
+            "late_content": {
+                "last_sweep_at": _iso(self.late_sweep_at),
+                "last_found_at": _iso(s.last_late_at),
+                "blobs": s.last_late_blobs,
+                "max_lateness_seconds": s.last_late_max_seconds,
+            },
+            "refused_entries": (
+                {"at": _iso(s.last_refused_at), "count": s.last_refused_entries, "entries": list(s.last_refused)}
+                if s.last_refused_at is not None
+                else None
+            ),
             "blobs_poisoned": self.poisoned,
             "blobs_expired": self.expired,
             "blobs_expired_recent": self.expired_recent,
@@ -170,9 +189,11 @@ def build_report(collector: Collector, now: dt.datetime | None = None) -> Status
     report = StatusReport(now, settings.health, settings.content_queue, settings.poison_queue)
     streams = [(t.tenant_id, ct) for t in collector.tenants() for ct in t.content_types]
     try:
-        cursors = {(c.tenant_id, c.content_type): c.cursor for c in collector.checkpoints.list()}
+        checkpoints = collector.checkpoints.list()
     except ResourceNotFoundError:
-        cursors = {}  # no run has created the table yet
+        checkpoints = []  # no run has created the table yet
+    cursors = {(c.tenant_id, c.content_type): c.cursor for c in checkpoints}
+    sweeps = {(c.tenant_id, c.content_type): c.late_sweep_at for c in checkpoints}
     rows = collector.status.list_streams()
     report.lost = collector.status.list_lost()
     report.queues, poisoned = count_queues(collector.queue, collector.poison_queue)
@@ -180,7 +201,12 @@ def build_report(collector: Collector, now: dt.datetime | None = None) -> Status
         report.streams.append(
             _stream_report(key, cursors.get(key), rows.get(key), report.lost, poisoned.get(key, 0), now)
         )
+        report.streams[-1].late_sweep_at = sweeps.get(key)
     judge(report, now)
+    # Rows of the tenant table skipped as invalid: those tenants are not collected until fixed.
+    report.problems.extend(
+        f"tenant registry row skipped (not collected): {summary(str(p))}" for p in collector.registry_problems
+    )
     return report
 
 
@@ -194,6 +220,9 @@ def count_queues(queue: QueueClient, poison: QueueClient) -> tuple[QueueCounts, 
             peeked = []
         for message in peeked:
             counts.poison_peeked += 1
+            if unreadable_reason(message) is not None:  # not base64 text: peeked as it is, never decoded
+                counts.poison_unreadable += 1
+                continue
             try:
                 task = FetchTask.from_message(message.content)
             except MessageFormatError:
@@ -265,6 +294,12 @@ def judge(report: StatusReport, now: dt.datetime) -> None:
                 stream.problems.append(
                     f"content created {_iso(s.lost_span_from)} .. {_iso(s.lost_span_to)} could no longer be listed "
                     "(collection stopped for longer than the API's 7-day retention)"
+                )
+            if s is not None and s.last_refused_at is not None and s.last_refused_at >= now - lookback:
+                stream.problems.append(
+                    f"{s.last_refused_entries} listing entries refused {_ago(s.last_refused_at, now)} (malformed, or "
+                    "of another content type): the content they name was not collected (the lister's ERROR log "
+                    "names each one)"
                 )
         report.problems.extend(f"{name}: {p}" for p in stream.problems)
     poison = report.queues.poison or 0
@@ -354,6 +389,7 @@ def render_table(report: StatusReport) -> str:
     if q.poison_unreadable:
         poison_line += f"; {q.poison_unreadable} unreadable"
     lines.append(poison_line)
+    lines.extend(_late_line(stream, now) for stream in report.streams if stream.status and stream.status.last_late_at)
     lines.append("")
     if report.healthy:
         lines.append("HEALTHY")
@@ -361,6 +397,18 @@ def render_table(report: StatusReport) -> str:
         lines.append(f"UNHEALTHY: {len(report.problems)} problem(s)")
         lines.extend(f"  - {p}" for p in report.problems)
     return "\n".join(lines)
+
+
+def _late_line(stream: StreamReport, now: dt.datetime) -> str:
+    """Late-listed content that the overlap or the late sweep collected: how much, how late, when."""
+    s = stream.status
+    assert s is not None
+    worst = s.last_late_max_seconds
+    late = f", up to {_age(dt.timedelta(seconds=worst))} after contentCreated" if worst is not None else ""
+    return (
+        f"late content {stream.tenant_id} {stream.content_type}: {s.last_late_blobs} blobs listed late{late}, "
+        f"found {_ago(s.last_late_at, now)} (collected)"
+    )
 
 
 def _count(value: int | None) -> str:
@@ -397,7 +445,9 @@ def health_response(get_collector: Callable[[], Collector]) -> tuple[int, bytes]
     try:
         report = build_report(get_collector())
     except Exception as err:
-        log.error("health check could not read the collector's state: %s", err)
-        body = {"healthy": False, "status": "unhealthy", "problems": [f"status unavailable: {err}"]}
+        # An anonymous uptime checker reads this body: a code and a short redacted summary, never raw text.
+        reason = describe(err, 200)
+        log.error("health check could not read the collector's state: %s", reason)
+        body = {"healthy": False, "status": "unhealthy", "problems": [f"status unavailable: {reason}"]}
         return 503, orjson.dumps(body)
     return (200 if report.healthy else 503), report.to_json()

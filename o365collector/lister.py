@@ -5,11 +5,18 @@ the window, and the checkpoint moves under the ETag it was read with. A crash an
 run lists the window again; the ledger makes the repeat harmless. One stream failing (a permission,
 a disabled subscription, throttling that outlasts the retries) is reported and the others go on.
 A run stops starting windows when its time budget is spent and leaves the rest for the next run.
+
+Listing entries are checked one by one: an entry that is not a usable blob, or whose contentType is
+not the stream's, is refused (logged at ERROR with its place in the listing and its contentId) and
+the rest of the listing goes on. A blob enqueued with a contentCreated before the checkpoint the run
+started from is *late*: its window had been listed before without it (the overlap or the late sweep
+found it). Late blobs and their lateness (listing time - contentCreated) are counted per stream.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
@@ -23,15 +30,18 @@ from .checkpoints import Checkpoint, CheckpointConflictError, CheckpointStore
 from .config import CollectionPolicy, TenantConfig
 from .errors import CollectorError
 from .management_api import ManagementApiClient
-from .models import FetchTask, TimeWindow
+from .models import ContentBlob, FetchTask, ListingEntryError, TimeWindow
+from .redaction import printable
 from .scheduler import run_fairly
-from .windows import lag, plan_windows
+from .windows import lag, plan_windows, relist_horizon
 
 log = logging.getLogger(__name__)
 
 SUMMARY_MESSAGE = "lister run complete"
 FAILED_MESSAGE = "lister run failed"
 RUN_SUMMARY_MESSAGE = "lister run summary"
+REFUSED_KEPT = 10  # refused entries described per stream and run (all are counted and logged)
+ID_CHARS = 128  # of a content id quoted in a log line or a status row: real ones are under 100
 
 
 class TaskQueue(Protocol):
@@ -56,6 +66,18 @@ class StreamResult:
     lost_to: dt.datetime | None = None
     seconds: float = 0.0
     """Time spent listing this stream in the run (its steps' sum; streams share the run's workers)."""
+    late_blobs: int = 0
+    """Blobs enqueued with a contentCreated before the checkpoint the run started from."""
+    max_lateness_seconds: float | None = None
+    """The largest listing time - contentCreated among the late blobs."""
+    sweep_windows: int = 0
+    """Late-sweep windows listed (included in ``windows``)."""
+    late_sweep: bool = False
+    """A late sweep was completed and recorded in this run."""
+    refused_entries: int = 0
+    """Listing entries refused: malformed, or of another content type."""
+    refused: list[str] = field(default_factory=list)
+    """What the first ``REFUSED_KEPT`` refused entries were (window, index, content id, problem)."""
 
     @property
     def ok(self) -> bool:
@@ -76,7 +98,33 @@ class StreamResult:
             "error_code": self.error_code,
             "error": self.error,
             "seconds": round(self.seconds, 3),
+            "late_blobs": self.late_blobs,
+            "max_lateness_seconds": self.max_lateness_seconds,
+            "sweep_windows": self.sweep_windows,
+            "late_sweep": self.late_sweep,
+            "refused_entries": self.refused_entries,
         }
+
+    def add_earlier(self, earlier: StreamResult) -> None:
+        """Fold an earlier pass of the same stream into this one (the command line lists in passes)."""
+        self.windows += earlier.windows
+        self.blobs_listed += earlier.blobs_listed
+        self.blobs_enqueued += earlier.blobs_enqueued
+        self.blobs_already_queued += earlier.blobs_already_queued
+        self.throttled += earlier.throttled
+        self.seconds += earlier.seconds
+        self.late_blobs += earlier.late_blobs
+        if earlier.max_lateness_seconds is not None:
+            self.max_lateness_seconds = max(self.max_lateness_seconds or 0.0, earlier.max_lateness_seconds)
+        self.sweep_windows += earlier.sweep_windows
+        self.late_sweep = self.late_sweep or earlier.late_sweep
+        self.refused_entries += earlier.refused_entries
+        self.refused = (earlier.refused + self.refused)[:REFUSED_KEPT]
+
+    def note_late(self, lateness: dt.timedelta) -> None:
+        self.late_blobs += 1
+        seconds = round(lateness.total_seconds(), 1)
+        self.max_lateness_seconds = max(self.max_lateness_seconds or 0.0, seconds)
 
 
 @dataclass
@@ -105,6 +153,12 @@ class _StreamTask:
         self.checkpoint: Checkpoint | None = None
         self.windows: tuple[TimeWindow, ...] | None = None
         self.next_window = 0
+        self.started_cursor: dt.datetime | None = None
+        self.planned_at: dt.datetime | None = None
+        self.sweep_from = 0
+        """Index of the first late-sweep window in ``windows`` (they come after the normal ones)."""
+        self.sweep_recorded_at: int | None = None
+        """Index of the window whose save records the sweep as done (None: no sweep due)."""
 
     @property
     def key(self) -> str:
@@ -172,6 +226,13 @@ class Lister:
                     "blobs_enqueued": result.blobs_enqueued,
                     "throttled": sum(s.throttled for s in result.streams),
                     "seconds": round(self._monotonic() - started, 2),
+                    "late_blobs": sum(s.late_blobs for s in result.streams),
+                    "max_lateness_seconds": max(
+                        (s.max_lateness_seconds for s in result.streams if s.max_lateness_seconds is not None),
+                        default=None,
+                    ),
+                    "late_sweeps": sum(1 for s in result.streams if s.late_sweep),
+                    "refused_entries": sum(s.refused_entries for s in result.streams),
                 }
             ).decode(),
         )
@@ -193,7 +254,7 @@ class Lister:
                     elif self._monotonic() >= self._deadline:
                         stream.windows_left = len(task.windows) - task.next_window
                     else:
-                        self._list_window(task, api)
+                        self._list_window(task, api, fields)
                     more = task.windows is not None and task.next_window < len(task.windows) and not stream.windows_left
                 finally:
                     stream.throttled += counter.throttled
@@ -235,9 +296,14 @@ class Lister:
         stream = task.result
         checkpoint = self._checkpoints.get(task.tenant.tenant_id, stream.content_type)
         task.checkpoint = checkpoint
-        stream.cursor = checkpoint.cursor
+        task.started_cursor = stream.cursor = checkpoint.cursor
+        task.planned_at = self._clock()
         plan = plan_windows(
-            cursor=checkpoint.cursor, now=self._clock(), policy=self._policy, start_time=task.tenant.start_time
+            cursor=checkpoint.cursor,
+            now=task.planned_at,
+            policy=self._policy,
+            start_time=task.tenant.start_time,
+            last_sweep=checkpoint.late_sweep_at,
         )
         if plan.lost is not None:
             stream.lost_from, stream.lost_to = plan.lost.start, plan.lost.end
@@ -250,15 +316,33 @@ class Lister:
             )
         if plan.future_cursor:
             log.warning("checkpoint %s is in the future; treated as now", checkpoint.cursor, extra=fields)
-        task.windows = plan.windows
+        task.windows = plan.windows + plan.sweep
+        task.sweep_from = len(plan.windows)
+        if plan.sweep_due:
+            # The sweep is recorded with its last window (or with the first window when it has none),
+            # after that window's blobs are on the queue: a run cut short sweeps again next time.
+            task.sweep_recorded_at = len(task.windows) - 1 if plan.sweep else 0
 
-    def _list_window(self, task: _StreamTask, api: ManagementApiClient) -> None:
+    def _list_window(self, task: _StreamTask, api: ManagementApiClient, fields: dict[str, str]) -> None:
         assert task.windows is not None
         assert task.checkpoint is not None
+        assert task.planned_at is not None
         stream = task.result
-        window = task.windows[task.next_window]
+        index = task.next_window
+        window = task.windows[index]
         recent = task.checkpoint.recent.copy()
-        for blob in api.list_content(stream.content_type, window):
+        listed_at = self._clock()
+        positions = itertools.count()  # an entry's index in this window's listing, refused ones included
+
+        def refuse(err: ListingEntryError) -> None:
+            self._refuse(stream, window, next(positions), err.content_id, err.problem, fields)
+
+        for blob in api.list_content(stream.content_type, window, on_malformed=refuse):
+            position = next(positions)
+            if blob.content_type != stream.content_type:
+                problem = f"its contentType is not {stream.content_type}, the content type listed"
+                self._refuse(stream, window, position, blob.content_id, problem, fields)
+                continue
             stream.blobs_listed += 1
             if blob.content_id in recent:
                 stream.blobs_already_queued += 1
@@ -266,13 +350,63 @@ class Lister:
             self._queue.send_message(FetchTask.for_blob(task.tenant.tenant_id, blob).to_message())
             recent.add(blob.content_id, blob.content_created)
             stream.blobs_enqueued += 1
-        recent.prune(window.end - self._policy.overlap)
-        task.checkpoint = self._checkpoints.advance(task.checkpoint, window.end, recent, self._clock())
+            if task.started_cursor is not None and blob.content_created < task.started_cursor:
+                self._note_late(stream, blob, listed_at - blob.content_created, fields)
+        swept = index == task.sweep_recorded_at
+        last_sweep = task.planned_at if swept else task.checkpoint.late_sweep_at
+        cursor = max(window.end, task.checkpoint.cursor or window.end)  # a sweep window ends behind it
+        now = self._clock()
+        forgotten = recent.prune(
+            relist_horizon(cursor=cursor, last_sweep=last_sweep, now=now, policy=self._policy)
+        )
+        if forgotten:
+            log.warning(
+                "the recent-blob set is full: forgot the %d oldest of its blobs; any of them listed again "
+                "is enqueued again and skipped by the ledger (a shorter O365_LATE_LOOKBACK_HOURS keeps fewer)",
+                forgotten,
+                extra=fields,
+            )
+        task.checkpoint = self._checkpoints.advance(
+            task.checkpoint, window.end, recent, now, late_sweep_at=task.planned_at if swept else None
+        )
         stream.cursor = task.checkpoint.cursor
         stream.windows += 1
+        if index >= task.sweep_from:
+            stream.sweep_windows += 1
+        stream.late_sweep = stream.late_sweep or swept
         task.next_window += 1
         if self._on_window is not None:
             self._on_window(stream)
+
+    @staticmethod
+    def _refuse(
+        stream: StreamResult,
+        window: TimeWindow,
+        position: int,
+        content_id: str | None,
+        problem: str,
+        fields: dict[str, str],
+    ) -> None:
+        """Report one unusable listing entry; the caller goes on with the next."""
+        stream.refused_entries += 1
+        named = f" (contentId {printable(content_id[:ID_CHARS])})" if content_id else ""
+        where = f"{window.start.isoformat()} .. {window.end.isoformat()}"
+        what = f"entry {position} of the {where} listing{named}: {problem}"
+        if len(stream.refused) < REFUSED_KEPT:
+            stream.refused.append(what)
+        extra = fields | ({"content_id": printable(content_id[:ID_CHARS])} if content_id else {})
+        log.error("refused %s %s; the other entries are collected", stream.content_type, what, extra=extra)
+
+    @staticmethod
+    def _note_late(stream: StreamResult, blob: ContentBlob, lateness: dt.timedelta, fields: dict[str, str]) -> None:
+        stream.note_late(lateness)
+        log.info(
+            "content %s created %s was listed late (%.1f h after its contentCreated); enqueued",
+            printable(blob.content_id[:ID_CHARS]),
+            blob.content_created.isoformat(),
+            lateness.total_seconds() / 3600,
+            extra=fields | {"content_id": printable(blob.content_id[:ID_CHARS])},
+        )
 
     def _finish(self, task: _StreamTask, fields: dict[str, str]) -> None:
         stream = task.result

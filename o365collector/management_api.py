@@ -4,7 +4,9 @@ The client owns paging and retries; callers see iterators and exceptions from ``
 
 - Every call carries ``PublisherIdentifier`` (the quota key), next-page and content GETs included.
 - The bearer token goes only to the configured API host: a ``contentUri`` or ``NextPageUri`` that
-  points anywhere else raises ``UntrustedUrlError`` instead of being followed.
+  points anywhere else raises ``UntrustedUrlError`` instead of being followed. ``content_uri_problem``
+  says whether a queue message's contentUri is the content path of its own tenant and content id.
+- A content body is read up to ``O365_MAX_CONTENT_MB`` once decompressed, and refused beyond it.
 - Throttling is HTTP 403 with code ``AF429`` (not 429); it is retried like 408, 429, 5xx and
   ``AF50000``, honouring ``Retry-After`` when the service sends one, bounded in count and time.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import ParseResult, SplitResult, parse_qsl, unquote, urlencode, urlparse, urlsplit, urlunparse
 
 import orjson
 import requests
@@ -33,11 +35,13 @@ from .errors import (
     ApiTransientError,
     CollectorError,
     ContentUnavailableError,
+    MalformedContentError,
     SubscriptionMissingError,
     UntrustedUrlError,
 )
-from .models import ContentBlob, Record, TimeWindow, format_api_time
+from .models import ContentBlob, ListingEntryError, Record, TimeWindow, format_api_time
 from .ratelimit import RateLimiter
+from .redaction import printable
 from .retry import RetryPolicy, parse_retry_after, retrying
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ _PERMANENT_HINTS: dict[str, str] = {
     "AF20052": "the content id is invalid",
 }
 _TRANSIENT_CODES = frozenset({"AF429", "AF50000", "AF50005", "AF50006", "AF20031"})
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+# A content body is read in pieces of this size (decompressed), so the size cap is checked as it grows.
+_READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -110,8 +117,15 @@ def classify_response(
         return SubscriptionMissingError(f"{where}: no subscription for this content type", status=status, code=code)
     if code == "AF20051":
         return ContentUnavailableError(f"{where}: content expired at the source ({message})", status=status, code=code)
-    if code == "AF20050" or (status == 404 and code is None and what.startswith("fetch")):
+    if code == "AF20050":
         return ContentUnavailableError(f"{where}: content does not exist ({message})", status=status, code=code)
+    if status == 404 and code is None and what.startswith("fetch"):
+        # Only AF20050/AF20051 say the blob is gone. A 404 without a code comes from a front end or a
+        # routing hiccup, not from the content store: marking the blob lost on it would lose it for good.
+        return ApiTransientError(
+            f"{where}: not found without an AF code, retried (only AF20050/AF20051 mean the content is gone)",
+            status=status,
+        )
     if status == 401 and code is None:
         # The API answers 401 {"Message": "Authorization has been denied..."} to a token it rejects:
         # usually a refresh race; when it persists, the permission or consent is missing.
@@ -144,7 +158,7 @@ class ManagementApiClient:
         self._sleep = sleep
         self._root = f"{tenant.api_url}/api/v1.0/{tenant.tenant_id}/activity/feed"
         api = urlparse(tenant.api_url)
-        self._api_scheme, self._api_netloc = api.scheme, api.netloc
+        self._api_netloc = api.netloc
         self.stats = ApiStats()
         self._stats_lock = threading.Lock()
         self._local = threading.local()
@@ -176,10 +190,17 @@ class ManagementApiClient:
             raise ApiTransientError(f"token request failed: {type(err).__name__}") from err
 
     # -- listing ---------------------------------------------------------------------------
-    def list_content(self, content_type: str, window: TimeWindow) -> Iterator[ContentBlob]:
+    def list_content(
+        self,
+        content_type: str,
+        window: TimeWindow,
+        on_malformed: Callable[[ListingEntryError], None] | None = None,
+    ) -> Iterator[ContentBlob]:
         """Every content blob of ``content_type`` whose contentCreated lies in ``window``, all pages.
 
-        A missing subscription (AF20022) is started and the listing retried once.
+        A missing subscription (AF20022) is started and the listing retried once. An entry that is
+        not a usable blob is handed to ``on_malformed`` and skipped, so it never hides the entries
+        after it (without ``on_malformed`` its ``ListingEntryError`` ends the listing).
         """
         params = {
             "contentType": content_type,
@@ -205,7 +226,14 @@ class ManagementApiClient:
                 response = self._call("GET", url, what, url_kind="listing URL")
             pages += 1
             for item in _json_array(response.content, what):
-                yield ContentBlob.from_api(item)
+                try:
+                    blob = ContentBlob.from_api(item)
+                except ListingEntryError as err:
+                    if on_malformed is None:
+                        raise
+                    on_malformed(err)
+                    continue
+                yield blob
             url = next((response.headers[h] for h in NEXT_PAGE_HEADERS if response.headers.get(h)), None)
             if url is not None:
                 if url in seen_pages or pages >= MAX_PAGES:
@@ -223,10 +251,12 @@ class ManagementApiClient:
         The body is read into one buffer (not in the 10 KB chunks ``requests`` joins), inside the
         retry: a connection lost halfway through the body is retried like one lost before it. The
         records are validated on a background thread; reading them waits for it, and a blob that is
-        not valid JSON raises ``ApiPermanentError`` naming it (``ContentRecords.settle``).
+        not a JSON array of objects raises ``MalformedContentError`` naming it (``ContentRecords.settle``),
+        as does a body beyond ``O365_MAX_CONTENT_MB`` (decompressed), which is not read further.
         """
         what = f"fetch {_short(content_uri)}"
         target = self._trusted(content_uri, "contentUri")
+        limit = self._policy.max_content_mb << 20
         policy = RetryPolicy(
             max_attempts=self._policy.max_attempts,
             max_seconds=self._policy.max_retry_seconds,
@@ -236,7 +266,7 @@ class ManagementApiClient:
             with attempt:
                 with self._send("GET", target, what, stream=True) as response:
                     try:
-                        body: bytes = response.raw.read(decode_content=True)
+                        body = _read_capped(response, limit, f"content blob {_short(content_uri)}")
                     except (urllib3.exceptions.HTTPError, OSError) as err:
                         raise ApiTransientError(f"{what}: {type(err).__name__} reading the body") from err
                 return ContentRecords.from_body(
@@ -314,8 +344,8 @@ class ManagementApiClient:
     def _trusted(self, url: str, url_kind: str) -> str:
         """The URL with PublisherIdentifier added, if it points at the configured API host; else refuse."""
         parts = urlparse(url)
-        if parts.scheme != self._api_scheme or parts.netloc.lower() != self._api_netloc.lower():
-            raise UntrustedUrlError(url_kind, parts.netloc or url[:80], self._api_netloc)
+        if not same_origin(parts, urlparse(self.tenant.api_url)):
+            raise UntrustedUrlError(url_kind, printable(parts.netloc or url[:80]), self._api_netloc)
         # Follow the service's URL verbatim; only append the quota key when it is missing.
         if any(k.lower() == "publisheridentifier" for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
             return url
@@ -332,11 +362,87 @@ def shared_session(pool_size: int) -> requests.Session:
     return session
 
 
+def same_origin(url: ParseResult | SplitResult, api: ParseResult | SplitResult) -> bool:
+    """True if ``url`` is on the API's scheme, host and port (``:443`` is https's own port), without
+    credentials: only such a URL may receive the bearer token."""
+    try:
+        port, api_port = url.port, api.port
+    except ValueError:  # a port that is not a number
+        return False
+    if url.username is not None or url.password is not None or url.scheme.lower() != api.scheme.lower():
+        return False
+    default = _DEFAULT_PORTS.get(api.scheme.lower())
+    return (url.hostname or "") == (api.hostname or "") and (port or default) == (api_port or default)
+
+
+def content_uri_problem(content_uri: str, *, api_url: str, tenant_id: str, content_id: str) -> str | None:
+    """Why ``content_uri`` is not the content path of ``tenant_id``'s blob ``content_id``; None if it is.
+
+    The API's content URIs are ``{api_url}/api/v1.0/{tenant}/activity/feed/audit/{contentId}``
+    (``Audit`` is seen too: ASP.NET routes ignore case; ``v1`` is the API's other version segment).
+    The tenant and the percent-decoded last segment must be the message's own, so a message cannot
+    have another path on the API host fetched (and its answer shipped as records, or an empty answer
+    mark a real blob done). The problem text is printable and names no more than the URI's shape.
+    """
+    if content_id in ("", ".", "..") or not content_id.isprintable() or any(c in content_id for c in "/\\?#"):
+        return "the content id is empty or holds a character content ids never have"
+    parts = urlsplit(content_uri)
+    api = urlsplit(api_url)
+    if not same_origin(parts, api):
+        return f"the contentUri points to {printable(parts.netloc)!r}, not to the API host {api.netloc!r}"
+    if parts.query or parts.fragment:
+        return "the contentUri carries a query or a fragment, which the API's content URIs never have"
+    prefix = api.path.rstrip("/") + "/"
+    if not parts.path.startswith(prefix):
+        return "the contentUri is not under the API's root"
+    segments = parts.path[len(prefix) :].split("/")
+    shape = [s.lower() for s in segments[:6]]
+    route = len(segments) == 7 and shape[:2] in (["api", "v1.0"], ["api", "v1"])
+    if not route or shape[3:] != ["activity", "feed", "audit"]:
+        return "the contentUri is not a content path (/api/v1.0/{tenant}/activity/feed/audit/{contentId})"
+    if unquote(segments[2]).lower() != tenant_id.lower():
+        return "the contentUri names another tenant than the message's tenantId"
+    if unquote(segments[6]) != content_id:
+        return "the contentUri names another content id than the message's contentId"
+    return None
+
+
+def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+    """The body, decompressed, or ``MalformedContentError`` once it exceeds ``limit`` bytes.
+
+    A plain body of known length is read in one piece (one buffer, no joining) after checking the
+    length; a compressed or chunked one is read in decompressed pieces, so a small gzip body that
+    expands to gigabytes costs at most ``limit`` bytes before it is refused.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    length = response.headers.get("Content-Length", "")
+    if encoding in ("", "identity") and length.isdigit():
+        if int(length) > limit:
+            raise _too_large(what, limit)
+        body: bytes = response.raw.read(decode_content=True)
+        return body
+    pieces: list[bytes] = []
+    size = 0
+    while piece := response.raw.read(_READ_CHUNK, decode_content=True):
+        size += len(piece)
+        if size > limit:
+            raise _too_large(what, limit)
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _too_large(what: str, limit: int) -> MalformedContentError:
+    return MalformedContentError(
+        f"{what} is larger than O365_MAX_CONTENT_MB ({limit >> 20} MB) once decompressed: refused "
+        "(raise O365_MAX_CONTENT_MB if blobs this large are expected)"
+    )
+
+
 def _json_array(body: bytes, what: str) -> list[Any]:
     """A JSON array, numbers exact; ``ApiPermanentError`` naming ``what`` if the body is not one."""
     return parse_array(body, what)
 
 
 def _short(uri: str) -> str:
-    """The content id part of a content URI, for messages."""
-    return uri.rsplit("/", 1)[-1][:120]
+    """The content id part of a content URI, for messages (control characters escaped)."""
+    return printable(uri.rsplit("/", 1)[-1][:120])

@@ -7,6 +7,8 @@ so that a message written by one release can be read (or clearly refused) by the
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,22 @@ class TimeWindow:
         return self.end - self.start
 
 
+class ListingEntryError(ValueError):
+    """One entry of a content listing is not a usable content blob.
+
+    ``content_id`` is the entry's contentId when it had a readable one (raw text from the service:
+    escape it before logging). The message says what is wrong and never echoes the entry's values.
+    """
+
+    def __init__(self, problem: str, content_id: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.content_id = content_id
+
+
+_LISTING_FIELDS = ("contentType", "contentId", "contentUri", "contentCreated", "contentExpiration")
+
+
 @dataclass(frozen=True, slots=True)
 class ContentBlob:
     """One entry of a content listing: where a blob of audit records can be fetched."""
@@ -72,14 +90,51 @@ class ContentBlob:
     content_expiration: dt.datetime
 
     @classmethod
-    def from_api(cls, item: dict[str, Any]) -> ContentBlob:
+    def from_api(cls, item: object) -> ContentBlob:
+        """Check and convert one listing entry; raises ``ListingEntryError`` naming every problem found."""
+        if not isinstance(item, dict):
+            raise ListingEntryError(f"the entry is a JSON {_json_kind(item)}, not an object")
+        raw_id = item.get("contentId")
+        content_id = raw_id if isinstance(raw_id, str) and raw_id else None
+        problems: list[str] = []
+        text: dict[str, str] = {}
+        for name in _LISTING_FIELDS:
+            value = item.get(name)
+            if isinstance(value, str) and value:
+                text[name] = value
+            elif name not in item or value is None:
+                problems.append(f"{name} is missing")
+            else:
+                problems.append(f"{name} is a JSON {_json_kind(value)}, not a non-empty string")
+        times: dict[str, dt.datetime] = {}
+        for name in ("contentCreated", "contentExpiration"):
+            if name in text:
+                try:
+                    times[name] = parse_api_time(text[name])
+                except ValueError:
+                    problems.append(f"{name} is not an ISO 8601 timestamp")
+        if problems:
+            raise ListingEntryError("; ".join(problems), content_id)
         return cls(
-            content_type=str(item["contentType"]),
-            content_id=str(item["contentId"]),
-            content_uri=str(item["contentUri"]),
-            content_created=parse_api_time(str(item["contentCreated"])),
-            content_expiration=parse_api_time(str(item["contentExpiration"])),
+            content_type=text["contentType"],
+            content_id=text["contentId"],
+            content_uri=text["contentUri"],
+            content_created=times["contentCreated"],
+            content_expiration=times["contentExpiration"],
         )
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages that must not echo the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "empty string" if not value else "string"
+    return "array" if isinstance(value, list) else "object"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +197,41 @@ class FetchTask:
             raise MessageFormatError(f"queue message lacks field {err.args[0]!r}") from err
         except ValueError as err:
             raise MessageFormatError(f"queue message has a bad timestamp: {err}") from err
+
+
+# With O365_MESSAGE_KEY set, a task message carries an HMAC-SHA256 of its other fields (keys sorted,
+# compact JSON) in this field; readers that do not check it ignore it, so the version stays 1.
+SIGNATURE_FIELD = "sig"
+
+
+def _signature(fields: dict[str, Any], key: bytes) -> str:
+    payload = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def sign_message(text: str, key: bytes) -> str:
+    """``text`` (a task message) with its signature added."""
+    fields = orjson.loads(text)
+    if not isinstance(fields, dict):
+        raise MessageFormatError("queue message is not a JSON object")
+    fields.pop(SIGNATURE_FIELD, None)
+    return orjson.dumps({**fields, SIGNATURE_FIELD: _signature(fields, key)}).decode()
+
+
+def signature_problem(text: str | bytes, key: bytes) -> str | None:
+    """Why ``text`` is not a task message signed with ``key``; None if it is."""
+    try:
+        fields = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return "the message is not JSON"
+    if not isinstance(fields, dict):
+        return "the message is not a JSON object"
+    given = fields.pop(SIGNATURE_FIELD, None)
+    if not isinstance(given, str):
+        return "the message carries no signature (O365_MESSAGE_KEY is set, so every message must be signed)"
+    if not hmac.compare_digest(given.encode(), _signature(fields, key).encode()):
+        return "the message's signature does not match (altered, or signed with another O365_MESSAGE_KEY)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

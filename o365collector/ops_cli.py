@@ -18,6 +18,7 @@ from .config import Settings
 from .diagnose import Step, diagnose
 from .health import build_report, render_table
 from .poison import replay_poison
+from .redaction import redact
 from .runtime import Collector
 
 
@@ -50,7 +51,9 @@ def add_operator_commands(commands: Any) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     # The token step reports sign-in failures itself; azure-identity's own warning would say it twice.
-    logging.getLogger("azure").setLevel(logging.ERROR)
+    # (Unless DEBUG was asked for: then the SDK's records are wanted, redacted like every record.)
+    if not logging.getLogger("azure").isEnabledFor(logging.DEBUG):
+        logging.getLogger("azure").setLevel(logging.ERROR)
 
     def confirm(question: str) -> bool:
         if args.start_subscriptions:
@@ -76,7 +79,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     collector = Collector(Settings.from_env(os.environ), sinks=[])
     report = build_report(collector)
-    print(report.to_json(indent=True).decode() if args.json else render_table(report))
+    # The report's texts were redacted when stored and when read; the table is redacted as a whole again
+    # (its own line breaks kept) so nothing read from storage reaches the console unchecked.
+    text = report.to_json(indent=True).decode() if args.json else render_table(report)
+    print(redact(text, keep_newlines=True))
     return 0 if report.healthy else 1
 
 
@@ -87,5 +93,5 @@ def cmd_replay_poison(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
-        print("\n".join(result.lines(settings.content_queue, settings.poison_queue)))
+        print("\n".join(redact(line) for line in result.lines(settings.content_queue, settings.poison_queue)))
     return 0

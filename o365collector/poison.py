@@ -4,8 +4,9 @@ A message lands in ``<queue>-poison`` after ``maxDequeueCount`` failed deliverie
 the data, a permission gone missing). Replaying puts it on the content queue as a fresh message
 (dequeue count 0), where the normal fetcher ships it. Before moving a message the ledger is asked:
 content already shipped (or recorded as lost at the source) is dropped from the poison queue instead,
-so replay never ships a blob twice. A message that is not a content task this release can read stays
-in the poison queue, visible again, for a human to look at.
+so replay never ships a blob twice. A message that is not a content task this release can read (not
+base64 text, not JSON, another version) stays in the poison queue exactly as it is, visible again, for
+a human to look at; it is counted as unreadable and never stops the replay of its neighbours.
 
 Each message is sent to the content queue *before* it is deleted from the poison queue: a crash in
 between leaves a duplicate that the ledger skips, never a loss. ``--dry-run`` receives the messages
@@ -19,12 +20,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from .checkpoints import Ledger
 from .errors import MessageFormatError
 from .models import FetchTask
+from .redaction import redact
+from .storage import lease_lost, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +120,10 @@ def _replay_one(
     message: QueueMessage, poison: QueueClient, content: QueueClient, ledger: Ledger, result: ReplayResult
 ) -> bool:
     """Handle one message; False means it stays in the poison queue (and must be made visible again)."""
-    try:
-        task = FetchTask.from_message(message.content)
-    except MessageFormatError as err:
+    task = _read_task(message)
+    if isinstance(task, str):
         result.unreadable += 1
-        log.warning("poison message %s stays where it is: %s", message.id, err)
+        log.warning("poison message %s stays where it is: %s", message.id, redact(task))
         return False
     key = (task.tenant_id, task.content_type)
     row = ledger.get(task)
@@ -133,13 +135,27 @@ def _replay_one(
         content.send_message(message.content)
     try:
         poison.delete_message(message)
-    except ResourceNotFoundError:
-        pass  # someone else (another replay) removed it meanwhile
+    except HttpResponseError as err:
+        if not lease_lost(err):  # otherwise another replay removed it meanwhile
+            raise
     return True
+
+
+def _read_task(message: QueueMessage) -> FetchTask | str:
+    """The content task a poison message holds, or why it holds none this release can read."""
+    unreadable = unreadable_reason(message)
+    if unreadable is not None:
+        return f"the message is unreadable: {unreadable}"
+    try:
+        return FetchTask.from_message(message.content)
+    except MessageFormatError as err:
+        return str(err)
 
 
 def _release(poison: QueueClient, message: QueueMessage) -> None:
     try:
-        poison.update_message(message, visibility_timeout=0)
-    except ResourceNotFoundError:
-        pass
+        # By id, not by message: only the visibility changes, the stored text stays exactly as it is.
+        poison.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+    except HttpResponseError as err:
+        if not lease_lost(err):
+            raise

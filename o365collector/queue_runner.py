@@ -1,29 +1,48 @@
 """The command line's stand-in for the Functions host's queue trigger.
 
-It does for the content queue what the host does (host.json ``extensions.queues``): receive
-messages with a processing lease, call the handler, delete the message on success; on failure make it
-visible again after ``visibilityTimeout``; once a message has failed ``maxDequeueCount`` times, move
-it to the ``-poison`` queue. The handler is the same ``Collector.process_message`` the trigger calls.
+It does for the content queue what the host does (host.json ``extensions.queues``): receive a batch
+of messages under a processing lease, call the handler for each, delete the message on success; on
+failure make it visible again after ``visibilityTimeout``; once a message has failed
+``maxDequeueCount`` times, move it to the ``-poison`` queue. The handler is the same
+``Collector.process_message`` the trigger calls.
+
+Like the host, the runner keeps every message of the batch it holds invisible, the one being worked
+on and those waiting their turn, by extending their visibility every half lease (keeping each new pop
+receipt for the delete or update after it): a slow sink never lets a message reappear and be
+delivered again while this runner still holds it.
+
+A message that is not base64 UTF-8 text (the host's encoding) cannot be handled by any retry: it goes
+to the poison queue at once, exactly as it came, with an ERROR naming it and why, and the rest of
+its batch is handled as usual.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from .config import QueueRunnerConfig
 from .fetcher import FetchResult, Outcome
+from .leases import Heartbeat
+from .redaction import redact
+from .storage import lease_lost, unreadable_reason
 
 log = logging.getLogger(__name__)
 
 POISONED_MESSAGE = "message moved to poison queue"
 IDLE_POLL_SECONDS = 1.0
+MAX_LEASE_SECONDS = 7 * 24 * 3600  # the queue service refuses longer visibility timeouts
+# Moved to the poison queue by the handler itself (a forged or misrouted message), then completed.
+_REFUSED: Outcome | None = getattr(Outcome, "REFUSED", None)
 
 
 @dataclass
@@ -58,7 +77,7 @@ class QueueRunner:
         self._poison = poison_queue
         self._handler = handler
         self._config = config
-        self._lease = max(1, int(processing_lease.total_seconds()))
+        self._lease = min(max(1, int(processing_lease.total_seconds())), MAX_LEASE_SECONDS)
         self._sleep = sleep
         self._monotonic = monotonic
 
@@ -83,11 +102,12 @@ class QueueRunner:
                     max_messages=self._config.batch_size,
                 )
             )
-            for message in batch:
-                self._handle(message, result)
-            if on_progress is not None and batch:
-                on_progress(result)
             if batch:
+                with _HeldMessages(self._queue, batch, self._lease) as held:
+                    for message in batch:
+                        self._handle(message, held, result)
+                if on_progress is not None:
+                    on_progress(result)
                 continue
             if self._queue.get_queue_properties().approximate_message_count == 0:
                 break
@@ -95,18 +115,23 @@ class QueueRunner:
             self._sleep(IDLE_POLL_SECONDS)
         return result
 
-    def _handle(self, message: QueueMessage, result: DrainResult) -> None:
+    def _handle(self, message: QueueMessage, held: _HeldMessages, result: DrainResult) -> None:
         dequeue_count = message.dequeue_count or 1
+        unreadable = unreadable_reason(message)
+        if unreadable is not None:
+            # No retry can read it, and the handler must not see it: poisoned now, as it came, so nothing is lost.
+            self._to_poison(message, held, f"the message is unreadable: {unreadable}", result)
+            return
         if dequeue_count > self._config.max_dequeue_count:
             # Delivered more often than allowed without completing (e.g. the worker kept crashing).
-            self._to_poison(message, "delivered more than maxDequeueCount times", result)
+            self._to_poison(message, held, "delivered more than maxDequeueCount times", result)
             return
         try:
             outcome = self._handler(message.content, message.id, dequeue_count)
         except Exception as err:
             result.failures += 1
             if dequeue_count >= self._config.max_dequeue_count:
-                self._to_poison(message, f"{type(err).__name__}: {err}", result)
+                self._to_poison(message, held, f"{type(err).__name__}: {err}", result)
             else:
                 # A retry (STYLE: DEBUG); the last failure is logged at ERROR when the message is poisoned,
                 # and the status table keeps the latest fetch error for `status`.
@@ -116,30 +141,102 @@ class QueueRunner:
                     dequeue_count,
                     self._config.max_dequeue_count,
                     int(self._config.visibility_timeout.total_seconds()),
-                    err,
+                    redact(str(err)),
                 )
-                self._retry_later(message)
+                self._retry_later(message, held)
             return
         result.outcomes[outcome.outcome.value] = result.outcomes.get(outcome.outcome.value, 0) + 1
         result.records += outcome.records
         result.filtered += outcome.filtered
-        self._delete(message)
+        if _REFUSED is not None and outcome.outcome is _REFUSED:
+            result.poisoned += 1
+        self._delete(message, held)
 
-    def _retry_later(self, message: QueueMessage) -> None:
+    def _retry_later(self, message: QueueMessage, held: _HeldMessages) -> None:
+        receipt = held.release(message.id)
+        if receipt is None:
+            return  # our lease was lost and another delivery has it now
         try:
-            self._queue.update_message(message, visibility_timeout=int(self._config.visibility_timeout.total_seconds()))
-        except ResourceNotFoundError:
-            pass  # our lease ran out and someone else has it now
+            # By id, not by message: only the visibility changes, the stored text stays as it is.
+            self._queue.update_message(
+                message.id, receipt, visibility_timeout=int(self._config.visibility_timeout.total_seconds())
+            )
+        except HttpResponseError as err:
+            if not lease_lost(err):
+                raise
 
-    def _to_poison(self, message: QueueMessage, reason: str, result: DrainResult) -> None:
+    def _to_poison(self, message: QueueMessage, held: _HeldMessages, reason: str, result: DrainResult) -> None:
+        # The text as received: an unreadable message is sent on unencoded (see o365collector.storage).
         self._poison.send_message(message.content)
-        self._delete(message)
+        self._delete(message, held)
         result.poisoned += 1
-        log.error("%s: message %s after %s attempts: %s", POISONED_MESSAGE, message.id, message.dequeue_count, reason)
+        log.error(
+            "%s: message %s after %s attempts: %s", POISONED_MESSAGE, message.id, message.dequeue_count, redact(reason)
+        )
 
-    def _delete(self, message: QueueMessage) -> None:
-        try:
-            self._queue.delete_message(message)
-        except ResourceNotFoundError:
-            # The lease ran out before we finished and another delivery owns it; the ledger makes that harmless.
-            log.warning("message %s was re-delivered before it could be deleted", message.id)
+    def _delete(self, message: QueueMessage, held: _HeldMessages) -> None:
+        receipt = held.release(message.id)
+        if receipt is not None:
+            try:
+                self._queue.delete_message(message.id, receipt)
+                return
+            except HttpResponseError as err:
+                if not lease_lost(err):
+                    raise
+        # The lease was lost before we finished and another delivery owns it; the ledger makes that harmless.
+        log.warning("message %s was re-delivered before it could be deleted", message.id)
+
+
+class _HeldMessages:
+    """The messages of one batch this runner holds, kept invisible until each is released.
+
+    A heartbeat extends the visibility of every held message to the full lease every half lease and
+    keeps the new pop receipt. ``release`` stops renewing a message and hands over its latest pop
+    receipt for the delete or update (None when the lease was lost to another delivery). Messages still
+    held when the batch ends early (an exception) are made visible again at once, for the next delivery.
+    """
+
+    def __init__(self, queue: QueueClient, messages: Iterable[QueueMessage], lease_seconds: int) -> None:
+        self._queue = queue
+        self._lease = lease_seconds
+        self._receipts: dict[str, str] = {m.id: str(m.pop_receipt) for m in messages}
+        # Held during a renewal round, so a released message is never renewed after ``release`` returns.
+        self._lock = threading.Lock()
+        self._heartbeat = Heartbeat(self._renew, lease_seconds / 2, name="queue message lease renewal")
+
+    def __enter__(self) -> Self:
+        self._heartbeat.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._heartbeat.stop()
+        with self._lock:
+            left, self._receipts = self._receipts, {}
+        for message_id, receipt in left.items():
+            try:
+                self._queue.update_message(message_id, receipt, visibility_timeout=0)
+            except Exception as err:  # best effort: otherwise it comes back when its lease runs out
+                log.debug("message %s stays invisible until its lease runs out: %s", message_id, redact(str(err)))
+
+    def release(self, message_id: str) -> str | None:
+        with self._lock:
+            return self._receipts.pop(message_id, None)
+
+    def _renew(self) -> bool:
+        with self._lock:
+            for message_id, receipt in list(self._receipts.items()):
+                try:
+                    updated = self._queue.update_message(message_id, receipt, visibility_timeout=self._lease)
+                except Exception as err:
+                    if isinstance(err, HttpResponseError) and lease_lost(err):
+                        # Our lease had already lapsed and another delivery received it: nothing left to keep.
+                        del self._receipts[message_id]
+                        log.warning("lost the lease on message %s while holding it", message_id)
+                        continue
+                    # Storage unreachable or busy: the lease has half its time left for the next round.
+                    log.warning("could not renew the lease on message %s: %s", message_id, redact(str(err)))
+                else:
+                    self._receipts[message_id] = str(updated.pop_receipt)
+            return True

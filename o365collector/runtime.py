@@ -17,13 +17,14 @@ from functools import partial
 from .auth import TokenProvider
 from .checkpoints import CheckpointStore, Ledger
 from .config import Settings, TenantConfig
-from .errors import CollectorError, ConfigError
+from .errors import CollectorError, ConfigError, RefusedMessageError, UnknownTenantError
 from .fetcher import Fetcher, FetchResult, Outcome
 from .health import health_response
-from .lister import Lister, ListerResult, StreamResult
+from .lister import Lister, ListerResult, StreamResult, TaskQueue
 from .management_api import ManagementApiClient, shared_session
-from .models import FetchTask
+from .models import FetchTask, sign_message, signature_problem
 from .queue_runner import POISONED_MESSAGE
+from .redaction import install_log_redaction, printable, scrub_exception, summary
 from .sinks.base import Sink
 from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
@@ -45,6 +46,17 @@ def utc_now() -> dt.datetime:
 
 class ListingFailedError(CollectorError):
     """At least one tenant/content type could not be listed; the message says which and why."""
+
+
+class SigningQueue:
+    """The content queue as the lister sees it, with every message signed (``O365_MESSAGE_KEY``)."""
+
+    def __init__(self, queue: TaskQueue, key: bytes) -> None:
+        self._queue = queue
+        self._key = key
+
+    def send_message(self, content: str) -> object:
+        return self._queue.send_message(sign_message(content, self._key))
 
 
 class Collector:
@@ -73,6 +85,9 @@ class Collector:
         self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
         self._tenants = {t.tenant_id: t for t in settings.tenants}
         self._registry = TableTenantRegistry(storage.table(settings.tenant_table)) if settings.tenant_table else None
+        # The table registry's rows skipped at the last reading (each names the row and field), for
+        # ``status``, ``health`` and ``check``: a bad row is reported, never silently left uncollected.
+        self.registry_problems: list[ConfigError] = []
         self._apis: dict[str, ManagementApiClient] = {}
         self._lock = threading.Lock()
         # One keep-alive pool for every tenant's API and token calls: hundreds of tenants on the same
@@ -82,8 +97,12 @@ class Collector:
     def tenants(self, *, refresh: bool = True) -> tuple[TenantConfig, ...]:
         """The tenants to collect; a table registry is re-read so added or disabled tenants take effect."""
         if self._registry is not None and refresh:
-            loaded = self._registry.load(self._environ, sink_names=tuple(s.name for s in self.settings.sinks))
+            reading = self._registry.load(
+                self._environ, sink_names=tuple(s.name for s in self.settings.sinks), now=self.clock()
+            )
+            loaded = reading.tenants
             with self._lock:
+                self.registry_problems = reading.problems
                 for tenant_id in [t for t in self._tenants if t not in {x.tenant_id for x in loaded}]:
                     self._apis.pop(tenant_id, None)
                 for tenant in loaded:
@@ -121,7 +140,7 @@ class Collector:
             if client is None:
                 tenant = self._tenants.get(tenant_id)
                 if tenant is None:
-                    raise ConfigError("O365_TENANT_ID", f"tenant {tenant_id} is not configured in this deployment")
+                    raise UnknownTenantError(printable(tenant_id))
                 client = ManagementApiClient(
                     tenant,
                     policy=self.settings.http,
@@ -138,10 +157,14 @@ class Collector:
             policy=self.settings.policy,
             api_for_tenant=self.api,
             checkpoints=self.checkpoints,
-            queue=self.queue,
+            queue=self._task_queue(),
             clock=self.clock,
             on_window=on_window,
         )
+
+    def _task_queue(self) -> TaskQueue:
+        key = self.settings.message_key
+        return self.queue if key is None else SigningQueue(self.queue, key.reveal().encode())
 
     def fetcher(self) -> Fetcher:
         return Fetcher(
@@ -166,12 +189,49 @@ class Collector:
             log.warning("could not record the status of this listing run: %s", err)
 
     def process_message(self, body: str | bytes, *, message_id: str) -> FetchResult:
-        return self.process_task(FetchTask.from_message(body), message_id=message_id)
+        return self.handle_message(body, message_id=message_id)[1]
+
+    def handle_message(self, body: str | bytes, *, message_id: str) -> tuple[FetchTask, FetchResult]:
+        """The queue handler: read, check and process one message. A refused message (forged, misrouted,
+        a blob that can never ship) is put on the poison queue here and completes (``Outcome.REFUSED``),
+        so the queue does not redeliver it ``maxDequeueCount`` times."""
+        task = FetchTask.from_message(body)
+        try:
+            key = self.settings.message_key
+            problem = None if key is None else signature_problem(body, key.reveal().encode())
+            if problem is not None:
+                raise RefusedMessageError(problem)
+            return task, self.process_task(task, message_id=message_id)
+        except RefusedMessageError as err:
+            return task, self._refuse(task, body, message_id, err.reason)
+
+    def _refuse(self, task: FetchTask, body: str | bytes, message_id: str, reason: str) -> FetchResult:
+        self.poison_queue.send_message(body if isinstance(body, str) else body.decode("utf-8", "replace"))
+        extra = {
+            "tenant_id": printable(task.tenant_id),
+            "content_type": printable(task.content_type),
+            "content_id": printable(task.content_id),
+        }
+        log.error(
+            "%s: message %s refused (content %s of tenant %s): %s",
+            POISONED_MESSAGE,
+            printable(message_id),
+            extra["content_id"],
+            extra["tenant_id"],
+            reason,
+            extra=extra,
+        )
+        return FetchResult(Outcome.REFUSED, reason=reason)
 
     def process_task(self, task: FetchTask, *, message_id: str) -> FetchResult:
-        """Fetch and ship one blob; fetch failures and losses are also noted in the status table."""
+        """Fetch and ship one blob; fetch failures and losses are also noted in the status table.
+
+        ``RefusedMessageError`` is raised untouched and not noted: a forged message's ids are not to
+        be written anywhere (its handler poisons it)."""
         try:
             result = self.fetcher().process(task, delivery_id=message_id)
+        except RefusedMessageError:
+            raise
         except Exception as err:
             self._record_status(task, partial(self.status.record_fetch_error, task, err, self.clock()))
             raise
@@ -200,6 +260,7 @@ _collector_lock = threading.Lock()
 def collector(environ: Mapping[str, str] | None = None) -> Collector:
     """The process-wide collector for the Functions host, built on first use from the app settings."""
     global _collector
+    install_log_redaction()  # first: even a settings error is logged through it
     with _collector_lock:
         if _collector is None:
             quiet_sdk_loggers()
@@ -225,7 +286,8 @@ def run_lister(*, past_due: bool = False) -> ListerResult:
     result = collector().run_lister()
     failed = [s for s in result.streams if not s.ok]
     if failed:
-        names = "; ".join(f"{s.tenant_id}/{s.content_type}: {s.error}" for s in failed)
+        # The host logs this message as is: redacted here, like everything we log ourselves.
+        names = "; ".join(f"{s.tenant_id}/{s.content_type}: {summary(s.error or '')}" for s in failed)
         raise ListingFailedError(f"{len(failed)} of {len(result.streams)} streams failed: {names}")
     return result
 
@@ -234,12 +296,13 @@ def process_message(*, body: str | bytes, message_id: str, dequeue_count: int) -
     """The queue trigger's work. Raising makes the host redeliver; the last failure is logged as poisoned."""
     active = collector()
     try:
-        task = FetchTask.from_message(body)
-        result = active.process_task(task, message_id=message_id)
+        task, result = active.handle_message(body, message_id=message_id)
     except Exception as err:
         if dequeue_count >= active.settings.queue_runner.max_dequeue_count:
             # The host moves the message to the poison queue after this attempt; say so where alerts look.
             log.error("%s: message %s after %d attempts: %s", POISONED_MESSAGE, message_id, dequeue_count, err)
+        # The host prints the escaping exception and its causes itself, outside our logging.
+        scrub_exception(err)
         raise
     log_fetch_result(task, result)
     return result

@@ -3,9 +3,10 @@
 Written as a side effect of the work, read by ``status``, the ``health`` function and ``check``:
 
 - a **stream row** (PartitionKey = tenant id, RowKey = ``stream|<content type>``), merged once per stream
-  per lister run: when it ran, whether it succeeded, its last error, its counters and lag. A fetch
-  failure merges its own ``Fetch*`` fields into the same row: failures only, so a healthy pipeline
-  writes nothing per blob;
+  per lister run: when it ran, whether it succeeded, its last error, its counters and lag, the blobs
+  it found late and the listing entries it refused. ``LastLate*`` and ``LastRefused*`` are written only
+  by a run that found some, so they tell the last time it happened. A fetch failure merges its own
+  ``Fetch*`` fields into the same row: failures only, so a healthy pipeline writes nothing per blob;
 - a **lost row** per content blob the source expired before we fetched it (RowKey =
   ``lost|<content type>|<sha256 of the content id>``). Table Storage has no atomic counter; one
   idempotent row per blob keeps the count exact even when a message is delivered twice.
@@ -27,6 +28,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from .lister import StreamResult
 from .models import FetchTask, utc
+from .redaction import summary
 
 STREAM_PREFIX = "stream|"
 LOST_PREFIX = "lost|"
@@ -67,6 +69,18 @@ class StreamStatus:
     lost_span_from: dt.datetime | None = None
     lost_span_to: dt.datetime | None = None
     lost_span_at: dt.datetime | None = None
+    late_blobs: int = 0
+    max_lateness_seconds: float | None = None
+    sweep_windows: int = 0
+    refused_entries: int = 0
+    last_late_at: dt.datetime | None = None
+    """The last run that found late blobs, how many and the largest lateness."""
+    last_late_blobs: int = 0
+    last_late_max_seconds: float | None = None
+    last_refused_at: dt.datetime | None = None
+    """The last run that refused listing entries, how many, and what the first of them were."""
+    last_refused_entries: int = 0
+    last_refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +101,23 @@ def _str(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+def _text(value: Any) -> str | None:
+    """Stored error text as served: redacted again on the way out (rows written by older releases)."""
+    text = _str(value)
+    return summary(text, MAX_MESSAGE_CHARS) if text is not None else None
+
+
 def _error_code(err: BaseException) -> str:
     code = getattr(err, "code", None)
     return str(code) if code else type(err).__name__
+
+
+def _or_sentinel(seconds: float | None) -> float:
+    return float(seconds) if seconds is not None else -1.0  # -1: none (a merge cannot clear a property)
 
 
 class StatusStore:
@@ -130,15 +158,28 @@ class StatusStore:
             "Throttled": stream.throttled,
             # -1: no checkpoint yet. A merge cannot clear a property (None is not sent), so a sentinel it is.
             "LagSeconds": float(stream.lag_seconds) if stream.lag_seconds is not None else -1.0,
+            "LateBlobs": stream.late_blobs,
+            "MaxLatenessSeconds": _or_sentinel(stream.max_lateness_seconds),
+            "SweepWindows": stream.sweep_windows,
+            "RefusedEntries": stream.refused_entries,
         }
+        if stream.late_blobs:
+            entity["LastLateAt"] = now
+            entity["LastLateBlobs"] = stream.late_blobs
+            entity["LastLateMaxSeconds"] = _or_sentinel(stream.max_lateness_seconds)
+        if stream.refused_entries:
+            entity["LastRefusedAt"] = now
+            entity["LastRefusedEntries"] = stream.refused_entries
+            entity["LastRefused"] = "\n".join(stream.refused)[:MAX_MESSAGE_CHARS]
         if seconds is not None:
             entity["RunSeconds"] = float(seconds)
         if succeeded:
             entity["LastSuccessAt"] = now
         if not stream.ok:
             entity["LastErrorAt"] = now
-            entity["LastErrorCode"] = stream.error_code or ""
-            entity["LastError"] = (stream.error or "")[:MAX_MESSAGE_CHARS]
+            entity["LastErrorCode"] = summary(stream.error_code or "", 100)
+            # Redacted before it is stored: the table is read by status, health and anyone with storage access.
+            entity["LastError"] = summary(stream.error or "", MAX_MESSAGE_CHARS)
         if stream.lost_from is not None and stream.lost_to is not None:
             entity["LostSpanFrom"] = stream.lost_from
             entity["LostSpanTo"] = stream.lost_to
@@ -152,8 +193,8 @@ class StatusStore:
                 "RowKey": STREAM_PREFIX + task.content_type,
                 "ContentType": task.content_type,
                 "FetchErrorAt": now,
-                "FetchErrorCode": _error_code(err),
-                "FetchError": str(err)[:MAX_MESSAGE_CHARS],
+                "FetchErrorCode": summary(_error_code(err), 100),
+                "FetchError": summary(str(err), MAX_MESSAGE_CHARS),
             },
             mode=UpdateMode.MERGE,
         )
@@ -168,7 +209,7 @@ class StatusStore:
                 "ContentId": task.content_id,
                 "ContentCreated": task.content_created,
                 "LostAt": now,
-                "Reason": reason[:MAX_MESSAGE_CHARS],
+                "Reason": summary(reason, MAX_MESSAGE_CHARS),
             },
             mode=UpdateMode.REPLACE,
         )
@@ -181,7 +222,6 @@ class StatusStore:
         found: dict[tuple[str, str], StreamStatus] = {}
         for e in rows:
             content_type = str(e["RowKey"])[len(STREAM_PREFIX) :]
-            lag = e.get("LagSeconds")
             found[(str(e["PartitionKey"]), content_type)] = StreamStatus(
                 tenant_id=str(e["PartitionKey"]),
                 content_type=content_type,
@@ -189,21 +229,31 @@ class StatusStore:
                 last_success_at=_time(e.get("LastSuccessAt")),
                 last_outcome=_str(e.get("LastOutcome")),
                 last_error_at=_time(e.get("LastErrorAt")),
-                last_error_code=_str(e.get("LastErrorCode")),
-                last_error=_str(e.get("LastError")),
+                last_error_code=_text(e.get("LastErrorCode")),
+                last_error=_text(e.get("LastError")),
                 fetch_error_at=_time(e.get("FetchErrorAt")),
-                fetch_error_code=_str(e.get("FetchErrorCode")),
-                fetch_error=_str(e.get("FetchError")),
+                fetch_error_code=_text(e.get("FetchErrorCode")),
+                fetch_error=_text(e.get("FetchError")),
                 run_seconds=float(e["RunSeconds"]) if e.get("RunSeconds") is not None else None,
                 windows=int(e.get("Windows") or 0),
                 windows_left=int(e.get("WindowsLeft") or 0),
                 blobs_listed=int(e.get("BlobsListed") or 0),
                 blobs_enqueued=int(e.get("BlobsEnqueued") or 0),
                 throttled=int(e.get("Throttled") or 0),
-                lag_seconds=float(lag) if isinstance(lag, int | float) and lag >= 0 else None,
+                lag_seconds=_seconds(e.get("LagSeconds")),
                 lost_span_from=_time(e.get("LostSpanFrom")),
                 lost_span_to=_time(e.get("LostSpanTo")),
                 lost_span_at=_time(e.get("LostSpanAt")),
+                late_blobs=int(e.get("LateBlobs") or 0),
+                max_lateness_seconds=_seconds(e.get("MaxLatenessSeconds")),
+                sweep_windows=int(e.get("SweepWindows") or 0),
+                refused_entries=int(e.get("RefusedEntries") or 0),
+                last_late_at=_time(e.get("LastLateAt")),
+                last_late_blobs=int(e.get("LastLateBlobs") or 0),
+                last_late_max_seconds=_seconds(e.get("LastLateMaxSeconds")),
+                last_refused_at=_time(e.get("LastRefusedAt")),
+                last_refused_entries=int(e.get("LastRefusedEntries") or 0),
+                last_refused=tuple(str(e.get("LastRefused") or "").splitlines()),
             )
         return found
 
@@ -216,7 +266,7 @@ class StatusStore:
                 content_id=str(e.get("ContentId") or ""),
                 content_created=_time(e.get("ContentCreated")),
                 lost_at=_time(e.get("LostAt")),
-                reason=str(e.get("Reason") or ""),
+                reason=summary(str(e.get("Reason") or ""), MAX_MESSAGE_CHARS),
             )
             for e in self._query(LOST_PREFIX)
         ]

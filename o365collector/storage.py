@@ -2,18 +2,84 @@
 
 The same connection the Functions host uses: a connection string locally (Azurite), the app's
 managed identity in Azure. Queue messages are base64 text, the encoding the host's queue trigger
-expects by default.
+expects by default (``messageEncoding`` in host.json).
+
+A queue holds whatever anyone wrote to it. The SDK's base64 decoding fails a whole receive (or peek)
+when one message is not base64, so these clients decode each message on its own: a message that
+is not base64 UTF-8 text comes back as an ``UnreadableMessage``, its text exactly as stored with
+the reason, and its neighbours as usual. Sent on (to the poison queue), an ``UnreadableMessage``
+goes as it came, never encoded again.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+from typing import Any, Self
+
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import QueueClient, QueueMessage, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from .config import StorageConfig
+
+
+class UnreadableMessage(str):
+    """A queue message's text exactly as stored, when it is not base64 UTF-8 text; ``reason`` says why."""
+
+    reason: str
+
+    def __new__(cls, raw: str, reason: str) -> Self:
+        text = super().__new__(cls, raw)
+        text.reason = reason
+        return text
+
+
+def decode_message(raw: str) -> str:
+    """The text of a message stored as base64 (the host's encoding), or an ``UnreadableMessage``; never raises."""
+    try:
+        # Whitespace is skipped, as the host's decoder (.NET Convert.FromBase64String) skips it.
+        data = base64.b64decode("".join(raw.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        return UnreadableMessage(raw, f"not base64 ({err})")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return UnreadableMessage(raw, f"base64 of bytes that are not UTF-8 text ({err.reason} at byte {err.start})")
+
+
+def lease_lost(err: HttpResponseError) -> bool:
+    """Whether a delete or update of a received message failed because the receiver no longer holds it.
+
+    Gone (404: deleted by whoever received it next), or received again since (400 PopReceiptMismatch:
+    the pop receipt held is stale).
+    """
+    # ``error_code`` is set by the storage SDK's error handling, not declared by azure-core.
+    return isinstance(err, ResourceNotFoundError) or getattr(err, "error_code", None) == "PopReceiptMismatch"
+
+
+def unreadable_reason(message: QueueMessage) -> str | None:
+    """Why ``message`` could not be decoded, or None when its ``content`` is its text."""
+    content = message.content
+    return content.reason if isinstance(content, UnreadableMessage) else None
+
+
+class _PerMessageBase64DecodePolicy(TextBase64DecodePolicy):
+    """Base64 decoding that marks a bad message unreadable instead of failing the whole receive or peek."""
+
+    def decode(self, content: str, response: Any) -> str:
+        return decode_message(content)
+
+
+class _Base64EncodePolicy(TextBase64EncodePolicy):
+    """Base64 encoding, except for an ``UnreadableMessage``: that is already the stored form and goes as it came."""
+
+    def encode(self, content: str) -> str:
+        if isinstance(content, UnreadableMessage):
+            return str(content)
+        return super().encode(content)
 
 
 class StorageClients:
@@ -30,7 +96,7 @@ class StorageClients:
             )
 
     def queue(self, name: str) -> QueueClient:
-        encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
+        encode, decode = _Base64EncodePolicy(), _PerMessageBase64DecodePolicy()
         if self._config.connection_string is not None:
             return QueueClient.from_connection_string(
                 self._config.connection_string.reveal(),

@@ -86,6 +86,7 @@ _COUNTER = {
     Outcome.SKIPPED_DONE: "blobs_skipped",
     Outcome.SKIPPED_BUSY: "blobs_skipped",
     Outcome.LOST: "blobs_lost",
+    Outcome.REFUSED: "blobs_refused",  # the handler moved the message to the poison queue itself
 }
 
 
@@ -110,6 +111,7 @@ def log_run_summary(listed: ListerResult, tally: ShipTally, seconds: float) -> N
             "blobs_shipped": shipped["blobs_shipped"],
             "blobs_skipped": shipped["blobs_skipped"],
             "blobs_lost": shipped["blobs_lost"],
+            "blobs_refused": shipped["blobs_refused"],
             "records": shipped["records"],
             "failures": shipped["failures"],
             "throttled": stream.throttled,

@@ -13,18 +13,30 @@ An entry (JSON keys, or table columns of the same names)::
     {"tenantId": "<guid>", "name": "Contoso", "cloud": "Enterprise",
      "clientId": "<guid>",                      # default: O365_CLIENT_ID (one multi-tenant app)
      "credential": "shared",                    # O365_CLIENT_SECRET / O365_CLIENT_CERTIFICATE_PATH of that app
-                 | "setting:CONTOSO_SECRET"     # an app setting holding this tenant's client secret
+                 | "setting:O365_SECRET_CONTOSO"  # an app setting holding this tenant's client secret
                                                 #   (in Azure: a Key Vault reference)
-                 | "certificate:/path/key.pem", # a PEM with private key and certificate
+                 | "certificate:contoso.pem",   # a PEM with private key and certificate, in O365_CERTIFICATE_DIR
      "contentTypes": ["Audit.Exchange", "DLP.All"], "startTime": "2026-11-01T00:00:00Z",
      "sinks": ["splunk"], "enabled": true, "publisherId": "<guid>"}
 
-Secrets are never stored in the registry, only references to where they are.
+Secrets are never stored in the registry, only references to where they are. A reference cannot
+reach beyond what is meant for it: ``setting:`` names only app settings that start with
+``O365_SECRET_`` (never ``AzureWebJobsStorage`` or a sink's key), and ``certificate:`` names only
+regular files inside ``O365_CERTIFICATE_DIR`` (checked again, symlinks resolved, when the file is
+read, with a size cap).
+
+``O365_TENANTS`` is a setting: any bad entry stops start-up, with every bad entry listed. The table
+is data that changes while the collector runs: each row is validated on its own, and a bad row is
+skipped and reported (log, ``status``, ``health``, ``check``) without stopping its neighbours.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,16 +45,24 @@ from azure.data.tables import TableClient, UpdateMode
 
 from .config import (
     CLOUDS,
+    SECRET_SETTING_FORM,
+    SECRET_SETTING_NAME,
     CertificateCredentialConfig,
     ClientSecretCredentialConfig,
     CredentialConfig,
     TenantConfig,
+    api_url_from_env,
+    certificate_dir_from_env,
     content_types_from_env,
+    start_time_from_env,
     tenant_from_env,
 )
-from .envparse import Environ, get_datetime, get_https_url, get_secret, get_str, parse_guid
+from .envparse import Environ, Gatherer, get_secret, get_str, parse_guid
 from .errors import ConfigError
 from .models import CONTENT_TYPES
+from .redaction import printable, summary
+
+log = logging.getLogger(__name__)
 
 ENTRY_KEYS = frozenset(
     {
@@ -60,28 +80,46 @@ ENTRY_KEYS = frozenset(
 )
 
 
-def tenants_from_env(env: Environ, *, sink_names: tuple[str, ...]) -> tuple[TenantConfig, ...]:
-    """The tenants named by the settings; empty when they live in a table (read at run time)."""
+def tenants_from_env(
+    env: Environ, *, sink_names: tuple[str, ...] | None, now: dt.datetime | None = None
+) -> tuple[TenantConfig, ...]:
+    """The tenants named by the settings; empty when they live in a table (read at run time).
+
+    ``O365_TENANTS`` is strict: every entry is checked and all bad ones are raised together.
+    """
     listed = get_str(env, "O365_TENANTS")
     if listed is not None and get_str(env, "O365_TENANT_TABLE") is not None:
         raise ConfigError("O365_TENANTS", "set either O365_TENANTS or O365_TENANT_TABLE, not both")
     if get_str(env, "O365_TENANT_TABLE") is not None:
         return ()
     if listed is None:
-        return (tenant_from_env(env),)
+        return (tenant_from_env(env, now=now),)
     try:
         entries = orjson.loads(listed)
     except orjson.JSONDecodeError as err:
         raise ConfigError("O365_TENANTS", f"is not valid JSON: {err}") from None
     if not isinstance(entries, list) or not entries:
         raise ConfigError("O365_TENANTS", "must be a non-empty JSON array of tenant entries")
-    tenants = [tenant_from_entry(entry, env, f"O365_TENANTS[{i}]", sink_names) for i, entry in enumerate(entries)]
-    _refuse_duplicates(tenants, "O365_TENANTS")
+    g = Gatherer()
+    tenants: list[TenantConfig] = []
+    for i, entry in enumerate(entries):
+        try:
+            tenants.append(tenant_from_entry(entry, env, f"O365_TENANTS[{i}]", sink_names, now=now))
+        except ConfigError as err:
+            g.errors.append(err)
+    g.read(lambda: _refuse_duplicates(tenants, "O365_TENANTS"), None)
+    g.raise_if_any()
     return tuple(t for t in tenants if t.enabled)
 
 
-def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[str, ...]) -> TenantConfig:
-    """Validate one registry entry; errors name the entry and field (``O365_TENANTS[2].cloud: ...``)."""
+def tenant_from_entry(
+    entry: Any, env: Environ, where: str, sink_names: tuple[str, ...] | None, *, now: dt.datetime | None
+) -> TenantConfig:
+    """Validate one registry entry; errors name the entry and field (``O365_TENANTS[2].cloud: ...``).
+
+    ``sink_names`` None: the sinks are unknown (their settings failed), so ``sinks`` is not judged.
+    ``now`` None: a future ``startTime`` is not judged (it is whenever the caller knows the time).
+    """
     if not isinstance(entry, Mapping):
         raise ConfigError(where, "must be a JSON object")
     unknown = set(entry) - ENTRY_KEYS - {"PartitionKey", "RowKey", "Timestamp", "etag"}
@@ -108,9 +146,10 @@ def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[st
     else:
         content_types = _content_types(entry.get("contentTypes"), f"{where}.contentTypes")
     start_text = _text(entry, "startTime", where)
-    start_time = get_datetime({f"{where}.startTime": start_text}, f"{where}.startTime") if start_text else None
-    if start_time is None:
-        start_time = get_datetime(env, "O365_START_TIME")
+    if start_text:
+        start_time = start_time_from_env({f"{where}.startTime": start_text}, f"{where}.startTime", now)
+    else:
+        start_time = start_time_from_env(env, "O365_START_TIME", now)
     sinks = _sinks(entry.get("sinks"), f"{where}.sinks", sink_names)
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -120,8 +159,8 @@ def tenant_from_entry(entry: Any, env: Environ, where: str, sink_names: tuple[st
         tenant_id=tenant_id,
         credential=credential,
         cloud=cloud,
-        api_url=get_https_url(env, "O365_API_URL") or CLOUDS[cloud].api_url,
-        authority_host=get_https_url(env, "O365_AUTHORITY_HOST") or CLOUDS[cloud].authority_host,
+        api_url=api_url_from_env(env, "O365_API_URL") or CLOUDS[cloud].api_url,
+        authority_host=api_url_from_env(env, "O365_AUTHORITY_HOST") or CLOUDS[cloud].authority_host,
         publisher_id=parse_guid(f"{where}.publisherId", publisher) if publisher else tenant_id,
         content_types=content_types,
         start_time=start_time,
@@ -154,15 +193,41 @@ def _credential(text: str, client_id: str, env: Environ, where: str) -> Credenti
             )
         return ClientSecretCredentialConfig(client_id, secret)
     if kind == "setting" and reference:
+        if not SECRET_SETTING_NAME.fullmatch(reference):
+            # A registry row must not pick any app setting (AzureWebJobsStorage, a sink's key) to send
+            # to a login host as a client secret: only settings meant for per-tenant secrets qualify.
+            raise ConfigError(
+                f"{where}.credential",
+                f"app setting {printable(reference[:130])!r} is not allowed: a per-tenant secret must be in an app "
+                f"setting named {SECRET_SETTING_FORM} (letters, digits, underscores)",
+            )
         secret = get_secret(env, reference)
         if secret is None:
             raise ConfigError(f"{where}.credential", f"app setting {reference!r} holding the client secret is not set")
         return ClientSecretCredentialConfig(client_id, secret)
     if kind == "certificate" and reference:
-        return CertificateCredentialConfig(client_id, reference)
+        folder = certificate_dir_from_env(env)
+        return CertificateCredentialConfig(client_id, _certificate_path(reference, folder, where), folder=folder)
     raise ConfigError(
-        f"{where}.credential", f"{text!r} is not one of 'shared', 'setting:<APP_SETTING>', 'certificate:<path.pem>'"
+        f"{where}.credential",
+        f"{printable(text[:200])!r} is not one of 'shared', 'setting:{SECRET_SETTING_FORM}', "
+        "'certificate:<file.pem>'",
     )
+
+
+def _certificate_path(reference: str, folder: str, where: str) -> str:
+    """The reference as a path inside ``folder`` (relative to it, or absolute within it), by its text alone.
+
+    Whether a symlink leads out of the folder is decided when the file is read (``auth``): here no I/O.
+    """
+    path = posixpath.normpath(posixpath.join(folder, reference))
+    if "\x00" in reference or not path.startswith(folder.rstrip("/") + "/"):
+        raise ConfigError(
+            f"{where}.credential",
+            f"certificate {printable(reference[:200])!r} is outside O365_CERTIFICATE_DIR ({folder}): "
+            "registry certificates must be files in that folder",
+        )
+    return path
 
 
 def _content_types(value: Any, where: str) -> tuple[str, ...]:
@@ -175,13 +240,18 @@ def _content_types(value: Any, where: str) -> tuple[str, ...]:
     return content_types_from_env({where: value}, where)
 
 
-def _sinks(value: Any, where: str, sink_names: tuple[str, ...]) -> tuple[str, ...] | None:
+def _sinks(value: Any, where: str, sink_names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    if not isinstance(value, str | list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(where, "must be a list or a comma-separated string of sink names")
+    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if sink_names is None:
+        return tuple(names)
     unknown = [n for n in names if n not in sink_names]
     if unknown:
-        raise ConfigError(where, f"sink(s) {', '.join(unknown)} not in SINK_TYPE ({', '.join(sink_names)})")
+        shown = ", ".join(printable(n[:40]) for n in unknown)
+        raise ConfigError(where, f"sink(s) {shown} not in SINK_TYPE ({', '.join(sink_names)})")
     return tuple(names)
 
 
@@ -191,6 +261,15 @@ def _refuse_duplicates(tenants: list[TenantConfig], setting: str) -> None:
         if tenant.tenant_id in seen:
             raise ConfigError(setting, f"tenant {tenant.tenant_id} is listed twice")
         seen.add(tenant.tenant_id)
+
+
+@dataclass
+class RegistryLoad:
+    """One reading of the table: the enabled tenants of the valid rows, and what is wrong with the others."""
+
+    tenants: tuple[TenantConfig, ...] = ()
+    problems: list[ConfigError] = field(default_factory=list)
+    """One per skipped row; ``setting`` names the row and field (``O365_TENANT_TABLE[<RowKey>].cloud``)."""
 
 
 class TableTenantRegistry:
@@ -210,16 +289,39 @@ class TableTenantRegistry:
     def entries(self) -> list[dict[str, Any]]:
         return [self._as_entry(e) for e in self._table.query_entities(f"PartitionKey eq '{self.PARTITION}'")]
 
-    def load(self, env: Environ, *, sink_names: tuple[str, ...]) -> tuple[TenantConfig, ...]:
-        """Every enabled tenant; an invalid row raises ``ConfigError`` naming the row and field."""
-        tenants = [
-            tenant_from_entry(entry, env, f"O365_TENANT_TABLE[{entry.get('tenantId')}]", sink_names)
-            for entry in self.entries()
-        ]
-        return tuple(t for t in tenants if t.enabled)
+    def load(self, env: Environ, *, sink_names: tuple[str, ...], now: dt.datetime) -> RegistryLoad:
+        """Every enabled tenant of the valid rows. Each row is validated on its own: a bad row is
+        skipped, logged at ERROR and returned as a problem naming the row and field; its neighbours load."""
+        result = RegistryLoad()
+        tenants: list[TenantConfig] = []
+        seen: dict[str, str] = {}
+        for entity in self._table.query_entities(f"PartitionKey eq '{self.PARTITION}'"):
+            if entity.get("enabled") is False:
+                continue  # disabled on purpose: not collected, so not judged (its secret may be gone already)
+            row = f"O365_TENANT_TABLE[{printable(str(entity.get('RowKey', '?'))[:80])}]"
+            try:
+                tenant = tenant_from_entry(self._as_entry(entity), env, row, sink_names, now=now)
+                if tenant.tenant_id in seen:
+                    raise ConfigError(f"{row}.tenantId", f"{tenant.tenant_id} is also in {seen[tenant.tenant_id]}")
+            except ConfigError as err:
+                log.error("tenant registry row skipped: %s", summary(str(err)), extra={"registry_row": row})
+                result.problems.append(err)
+                continue
+            seen[tenant.tenant_id] = row
+            tenants.append(tenant)
+        result.tenants = tuple(t for t in tenants if t.enabled)
+        return result
 
-    def add(self, entry: dict[str, Any], env: Environ, *, sink_names: tuple[str, ...], replace: bool = False) -> None:
-        tenant = tenant_from_entry(entry, env, "tenant", sink_names)  # validate before storing anything
+    def add(
+        self,
+        entry: dict[str, Any],
+        env: Environ,
+        *,
+        sink_names: tuple[str, ...],
+        now: dt.datetime,
+        replace: bool = False,
+    ) -> None:
+        tenant = tenant_from_entry(entry, env, "tenant", sink_names, now=now)  # validate before storing anything
         row = {k: v for k, v in entry.items() if v is not None}
         for key in ("contentTypes", "sinks"):
             if isinstance(row.get(key), list):

@@ -7,12 +7,15 @@ sink names), with errors naming the option. Only references to secrets are store
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from typing import Any
 
 from .config import Settings
+from .envparse import Environ
 from .errors import ConfigError
+from .redaction import printable, summary
 from .storage import StorageClients
 from .tenants import TableTenantRegistry
 
@@ -28,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument(
         "--credential",
         default="shared",
-        help="shared (the multi-tenant app's O365_CLIENT_SECRET), setting:<APP_SETTING> or certificate:<path.pem>",
+        help="shared (the multi-tenant app's O365_CLIENT_SECRET), setting:O365_SECRET_<NAME> (an app setting "
+        "holding this tenant's secret) or certificate:<file.pem> (in O365_CERTIFICATE_DIR)",
     )
     add.add_argument("--content-types", help="comma list (default: all five)")
     add.add_argument("--start-time", help="ISO-8601 start of collection (default: as far back as the API allows)")
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     registry.ensure_table()
     sink_names = tuple(s.name for s in settings.sinks)
     if args.action == "list":
-        return _list(registry)
+        return _list(registry, env, sink_names)
     if args.action == "add":
         entry: dict[str, Any] = {
             "tenantId": args.tenant_id,
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             "publisherId": args.publisher_id,
             "enabled": True,
         }
-        registry.add(entry, env, sink_names=sink_names, replace=args.replace)
+        registry.add(entry, env, sink_names=sink_names, now=dt.datetime.now(dt.UTC), replace=args.replace)
         print(f"added {args.tenant_id}")
         return 0
     if args.action == "remove":
@@ -77,16 +81,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(registry: TableTenantRegistry) -> int:
+def _list(registry: TableTenantRegistry, env: Environ, sink_names: tuple[str, ...]) -> int:
+    """The rows, then the rows the collector skips as invalid (exit 1 when there are any)."""
     entries = registry.entries()
     if not entries:
         print("no tenants registered")
         return 0
+    problems = registry.load(env, sink_names=sink_names, now=dt.datetime.now(dt.UTC)).problems
     print(f"{'tenant':<38} {'name':<20} {'cloud':<10} {'enabled':<8} {'credential':<28} content types")
     for entry in sorted(entries, key=lambda e: str(e.get("tenantId"))):
+        cell = {k: printable(str(v)) for k, v in entry.items() if v is not None}  # row text is data: escaped
         print(
-            f"{entry.get('tenantId', ''):<38} {entry.get('name') or '':<20} {entry.get('cloud') or 'Enterprise':<10} "
-            f"{'yes' if entry.get('enabled', True) else 'no':<8} {entry.get('credential') or 'shared':<28} "
-            f"{entry.get('contentTypes') or 'all'}"
+            f"{cell.get('tenantId', ''):<38} {cell.get('name') or '':<20} {cell.get('cloud') or 'Enterprise':<10} "
+            f"{'yes' if entry.get('enabled', True) is not False else 'no':<8} {cell.get('credential') or 'shared':<28} "
+            f"{cell.get('contentTypes') or 'all'}"
         )
-    return 0
+    for problem in problems:
+        print(f"INVALID {summary(str(problem))} (this row is skipped: fix it with `tenants add --replace`)")
+    return 1 if problems else 0

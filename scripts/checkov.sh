@@ -2,13 +2,15 @@
 # Static checks of the ARM template with checkov, offline.
 #
 # checkov lives in its own virtual environment (.venv-checkov): it pins boto3, packaging and
-# pycep-parser versions that clash with the project's. The first run installs it (~25 s).
+# pycep-parser versions that clash with the project's. scripts/bootstrap.sh installs it
+# (`scripts/checkov.sh --install`, ~25 s the first time); a scan never installs anything.
 #
 # --skip-download keeps checkov off the network (without it, it tries to fetch its guideline
 # mapping from the vendor's API). Every skipped check is listed, with its reason, in
 # infra/README.md ("Accepted checkov findings"); tests/test_infra_checkov.py keeps the two lists equal.
 #
 # Usage: scripts/checkov.sh [extra checkov arguments]      (CHECKOV_TEMPLATE=path to scan another file)
+#        scripts/checkov.sh --install                       (install the pinned checkov if missing; no scan)
 # Prints JSON. Note: checkov exits 0 when it cannot parse the template; read summary.parsing_errors
 # (the test does).
 set -euo pipefail
@@ -37,10 +39,17 @@ SKIP_CHECKS=(
 )
 
 installed="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("checkov"))' 2>/dev/null || true)"
+if [[ "${1:-}" == "--install" ]]; then
+  if [[ "$installed" != "$CHECKOV_VERSION" || ! -x "$VENV/bin/checkov" ]]; then
+    echo "installing checkov $CHECKOV_VERSION into $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" >&2
+  fi
+  exit 0
+fi
 if [[ "$installed" != "$CHECKOV_VERSION" || ! -x "$VENV/bin/checkov" ]]; then
-  echo "installing checkov $CHECKOV_VERSION into $VENV" >&2
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" >&2
+  echo "checkov $CHECKOV_VERSION is not installed in $VENV (found: ${installed:-none}): run scripts/bootstrap.sh" >&2
+  exit 3
 fi
 
 skip_list="$(IFS=,; echo "${SKIP_CHECKS[*]}")"

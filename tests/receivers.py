@@ -3,8 +3,8 @@
 ``HttpReceiver`` listens on 127.0.0.1 (a free port), optionally over TLS with a certificate it
 generates (SAN 127.0.0.1 and localhost, from ``tests.loopback``; trust its CA through ``ca_file``). It records
 every request (method, path, headers, decompressed body, parsed NDJSON / JSON records), answers with
-what the test scripted (``fail_next``, ``refuse``, ``require_bearer``, ``stall_next``) and otherwise
-accepts. It only answers: it never opens an outbound connection.
+what the test scripted (``fail_next``, ``refuse``, ``require_bearer``, ``stall_next``, ``echo_next``) and
+otherwise accepts. It only answers: it never opens an outbound connection.
 
 Bounded: a request body above ``max_body_bytes`` (or a gzip body inflating above it) gets 413 and
 the connection is closed; idle keep-alive connections time out after ``timeout`` seconds; stopping
@@ -16,6 +16,7 @@ a client call returns, the receiver's lists already hold it: tests never wait or
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -66,6 +67,8 @@ class _Script:
     refusing: bool = False
     bearer: str | None = None
     stalls: int = 0
+    echoes: int = 0
+    echo_status: int = 503
 
 
 def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
@@ -166,6 +169,14 @@ class HttpReceiver(LoopbackService):
         with self._lock:
             self._script.stalls += n
 
+    def echo_next(self, n: int, status: int = 503) -> None:
+        """Answer ``status`` to the next ``n`` requests, quoting back the credentials each one carried
+        (every header value but the plain ones, a scheme's credential alone, a Basic pair decoded), as a
+        careless proxy's error page does. With ``Retry-After: 0``, so a sink's retries cost no time."""
+        with self._lock:
+            self._script.echoes += n
+            self._script.echo_status = status
+
     # -- called by the handler threads
 
     def _decide(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
@@ -175,6 +186,9 @@ class HttpReceiver(LoopbackService):
             if script.stalls:
                 script.stalls -= 1
                 return 503, {}, b"stalled", True
+            if script.echoes:
+                script.echoes -= 1
+                return script.echo_status, {"Retry-After": "0"}, _echo(headers), False
             if script.refusing:
                 return 503, {}, b"refusing", False
             if script.failures:
@@ -260,6 +274,31 @@ class _Handler(OwnedHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+# Request headers that carry no credential: not echoed, so the echo leads with the credentials.
+_PLAIN_HEADERS = frozenset(
+    {"host", "user-agent", "accept", "accept-encoding", "connection", "content-type", "content-length",
+     "content-encoding"}
+)  # fmt: skip
+
+
+def _echo(headers: dict[str, str]) -> bytes:
+    """The credentials alone first (as a careless error page shows them), then the headers as sent."""
+    shown: list[str] = []
+    sent = {
+        name: value for name, value in headers.items() if name not in _PLAIN_HEADERS and not name.startswith("x-o365-")
+    }
+    for value in sent.values():
+        shown.append(value)
+        scheme, _, credential = value.partition(" ")
+        if credential:
+            shown.append(credential)
+            if scheme.lower() == "basic":
+                with contextlib.suppress(ValueError):
+                    shown.append(base64.b64decode(credential).decode("utf-8", "replace"))
+    listed = "; ".join(f"{name}: {value}" for name, value in sent.items())
+    return f"refused {' '.join(shown)} | {listed}".encode()
 
 
 def _decode(raw: bytes, encoding: str, limit: int) -> bytes:

@@ -20,6 +20,7 @@ from o365collector.checkpoints import (
 from o365collector.models import FetchTask
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+H = dt.timedelta(hours=1)
 TID = "11111111-2222-4333-8444-555555555555"
 
 
@@ -49,13 +50,50 @@ def test_recent_blobs_round_trip_and_prune() -> None:
     assert "new" in again
 
 
-def test_recent_blobs_stay_within_one_table_property() -> None:
+def test_recent_blobs_fit_the_table_limits_and_keep_the_newest_past_the_bound() -> None:
     recent = RecentBlobs()
     for i in range(RECENT_MAX_ENTRIES + 500):
         recent.add(f"blob-{i}", NOW + dt.timedelta(seconds=i))
-    recent.prune(NOW)
-    assert len(recent.to_bytes()) <= 64 * 1024
+    assert recent.prune(NOW) == 500
+    properties = recent.to_properties()
+    assert all(len(value) <= 64 * 1024 for value in properties.values())  # one binary property's limit
+    assert sum(len(value) for value in properties.values()) <= 960 * 1024  # room left in the 1 MiB entity
     assert f"blob-{RECENT_MAX_ENTRIES + 499}" in recent  # the newest are kept
+    assert "blob-499" not in recent
+
+
+def test_a_day_of_blobs_is_remembered_through_azurite(table: TableClient) -> None:
+    """The late sweep re-lists 24 h: the set must hold a busy stream's day (here 30,000 blobs), which
+    takes several 64 KiB properties of the checkpoint entity."""
+    store = CheckpointStore(table)
+    recent = RecentBlobs()
+    for i in range(30_000):
+        recent.add(f"blob-{i}", NOW - dt.timedelta(hours=24) + dt.timedelta(seconds=i * 2))
+    store.advance(store.get(TID, "Audit.Exchange"), NOW, recent, NOW)
+    again = store.get(TID, "Audit.Exchange").recent
+    assert len(again) == 30_000
+    assert "blob-0" in again
+    assert "blob-29999" in again
+
+
+def test_a_checkpoint_written_with_one_recent_property_is_still_read(table: TableClient) -> None:
+    recent = RecentBlobs()
+    recent.add("before-the-upgrade", NOW)
+    table.create_entity({"PartitionKey": TID, "RowKey": "DLP.All", "Cursor": NOW, "Recent": recent.to_bytes()})
+    checkpoint = CheckpointStore(table).get(TID, "DLP.All")
+    assert "before-the-upgrade" in checkpoint.recent
+    assert checkpoint.late_sweep_at is None
+
+
+def test_the_late_sweep_time_is_kept_until_a_sweep_records_a_new_one(table: TableClient) -> None:
+    store = CheckpointStore(table)
+    swept = NOW - dt.timedelta(minutes=30)
+    first = store.advance(store.get(TID, "Audit.General"), NOW - H, RecentBlobs(), NOW, late_sweep_at=swept)
+    assert store.get(TID, "Audit.General").late_sweep_at == swept
+    store.advance(first, NOW, RecentBlobs(), NOW)
+    assert store.get(TID, "Audit.General").late_sweep_at == swept
+    store.advance(store.get(TID, "Audit.General"), NOW, RecentBlobs(), NOW, late_sweep_at=NOW)
+    assert store.get(TID, "Audit.General").late_sweep_at == NOW
 
 
 def test_checkpoint_starts_empty_then_moves_forward(table: TableClient) -> None:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from o365collector.content import ContentRecords
-from o365collector.errors import ApiPermanentError
+from o365collector.errors import ApiPermanentError, MalformedContentError
 from o365collector.models import BlobContext
 from o365collector.sinks.batching import FRAMINGS, as_is, encoded, iter_batches, iter_served_batches, serialize
 from o365collector.sinks.http import HttpSink, HttpSinkSettings
@@ -50,7 +50,6 @@ def test_a_compact_array_is_held_as_served_and_reads_back_as_the_same_records() 
         (b'[{"Id": "a", "CreationTime": "t"}, {"CreationTime": "t", "Id": "b"}]', "first keys differ"),
         (b'[{"CreationTime":"t","Inner":[{"CreationTime":"u"},{"CreationTime":"v"}]},{"CreationTime":"w"}]', "nested"),
         (b'[{"CreationTime":"t","V":"},{\\"CreationTime\\":1}"},{"CreationTime":"w"}]', "the pattern inside a string"),
-        (b'[{"CreationTime":"t"},{"CreationTime":"u"}, 3]', "not only objects"),
         (b"[]", "empty"),
         (b'[{"CreationTime":"t","Big":123456789012345678901234567890}]', "a huge integer"),
     ],
@@ -86,6 +85,40 @@ def test_huge_integers_stay_exact_when_read_and_untouched_when_sent() -> None:
 def test_a_malformed_blob_is_a_permanent_error_naming_it(body: bytes) -> None:
     with pytest.raises(ApiPermanentError, match="content blob abc"):
         ContentRecords.from_body(body, "content blob abc")
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'[{"CreationTime":"t","V":NaN}]', "not valid JSON"),
+        (b'[{"CreationTime":"t","V":Infinity}]', "not valid JSON"),
+        (b'[{"CreationTime":"t","V":-Infinity}]', "not valid JSON"),
+        (b'[{"CreationTime":"t","V":1e999}]', "number is infinity"),
+        # A huge integer sends the text to the stdlib parser, which used to read these as nan/inf (then null).
+        (b'[{"CreationTime":"t","Big":123456789012345678901234567890,"V":NaN}]', "NaN is not a JSON number"),
+        (b'[{"CreationTime":"t","Big":123456789012345678901234567890,"V":1e999}]', "beyond the range of a double"),
+        (b'[{"CreationTime":"t","Big":123456789012345678901234567890},{"CreationTime":"u","V":-1E400}]', "double"),
+        (b"[1, 2, 3]", "element 0 is a number, not an object"),
+        (b'["a", "b"]', "element 0 is a string"),
+        (b'[{"CreationTime":"t"},{"CreationTime":"u"}, 3]', "element 2 is a number"),
+        (b'[{"CreationTime":"t"}, null]', "element 1 is null"),
+        (b'[[{"CreationTime":"t"}]]', "element 0 is an array"),
+        (b'[{"CreationTime":"t","Big":123456789012345678901234567890}, true]', "element 1 is a boolean"),
+    ],
+)
+def test_a_blob_that_is_not_an_array_of_finite_json_records_is_malformed(body: bytes, why: str) -> None:
+    """NaN, Infinity and numbers beyond a double are not JSON values a sink can write (they became null);
+    an element that is not an object is not a record (the file sink wrote it, Elasticsearch crashed)."""
+    with pytest.raises(MalformedContentError, match="content blob abc") as caught:
+        list(ContentRecords.from_body(body, "content blob abc"))
+    assert why in str(caught.value)
+
+
+def test_a_malformed_element_found_in_the_background_fails_the_readers(pool: ThreadPoolExecutor) -> None:
+    body = compact([record(i) for i in range(20)]).replace(b'"id-7"', b"1e999")
+    held = ContentRecords.from_body(body, "content blob abc", validate_on=pool)
+    with pytest.raises(MalformedContentError, match="content blob abc"):
+        held.settle()
 
 
 def test_parsed_records_have_no_served_bytes_to_give() -> None:

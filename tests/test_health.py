@@ -1,10 +1,16 @@
 """The ``health`` HTTP function in-process: bindings, 200 with the status report after real runs, 503 when
-the collector is offline, failing or losing data, and a readable 503 when it cannot read its state."""
+the collector is offline, failing or losing data, and a readable 503 when it cannot read its state.
+
+The functions run in-process; the queue is drained by the real ``QueueRunner`` (host.json's
+``maxDequeueCount`` and poison queue) handing each message to the ``fetch_content`` function, and the
+sink is a loopback HTTP receiver. The thresholds ``O365_HEALTH_MAX_POISON`` and
+``O365_HEALTH_LOST_DATA_HOURS`` are tested on both sides, by the status code the function answers."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import azure.functions as func
@@ -15,22 +21,42 @@ from azure.functions.timer import TimerRequest
 
 from o365collector import runtime
 from o365collector.errors import ConfigError
+from o365collector.fetcher import FetchResult, Outcome
 from o365collector.health import health_response
+from o365collector.queue_runner import DrainResult, QueueRunner
 from o365collector.simulator import Simulator
+from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
 from tests.test_function_app import bindings, functions
 
 TID = TENANT.tenant_id
+Configure = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
-def app_env(make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    env = make_env(O365_CONTENT_TYPES="Audit.Exchange,DLP.All")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def configure(make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
+    """Set the app settings the functions read (same queues and tables on every call) and start afresh."""
+
+    def apply(**overrides: str) -> dict[str, str]:
+        env = make_env(**({"O365_CONTENT_TYPES": "Audit.Exchange,DLP.All"} | overrides))
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        runtime.reset_collector()
+        return env
+
+    yield apply
     runtime.reset_collector()
-    yield env
-    runtime.reset_collector()
+
+
+@pytest.fixture
+def app_env(configure: Configure) -> dict[str, str]:
+    return configure()
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as server:
+        yield server
 
 
 def call_health() -> tuple[int, dict[str, Any]]:
@@ -45,23 +71,30 @@ def run_timer() -> None:
     functions()["list_content"].get_user_function()(timer=TimerRequest(past_due=False))
 
 
-def run_queue(dequeue_count: int = 1) -> None:
-    """Hand every visible message to the queue function once, as the host would."""
-    queue = runtime.collector().queue
-    while batch := list(queue.receive_messages(max_messages=32, visibility_timeout=60)):
-        for message in batch:
-            host_message = HostQueueMessage(
-                id=message.id,
-                body=message.content.encode(),
-                dequeue_count=dequeue_count,
-                pop_receipt=message.pop_receipt,
-            )
-            try:
-                functions()["fetch_content"].get_user_function()(msg=host_message)
-            except Exception:
-                # The host would move it to the poison queue after the last attempt; so do we.
-                runtime.collector().poison_queue.send_message(message.content)
-            queue.delete_message(message)
+def run_queue() -> DrainResult:
+    """Drain the content queue as the host would: the real ``QueueRunner`` (redelivery, then the poison
+    queue after ``O365_MAX_DEQUEUE_COUNT`` failed deliveries) hands each message to ``fetch_content``."""
+    active = runtime.collector()
+
+    def trigger(body: str, message_id: str, dequeue_count: int) -> FetchResult:
+        message = HostQueueMessage(id=message_id, body=body.encode(), dequeue_count=dequeue_count)
+        functions()["fetch_content"].get_user_function()(msg=message)
+        return FetchResult(Outcome.SHIPPED)  # the function returns nothing: it raises or it is done
+
+    runner = QueueRunner(
+        active.queue,
+        active.poison_queue,
+        trigger,
+        active.settings.queue_runner,
+        processing_lease=active.settings.policy.claim_lease,
+    )
+    return runner.drain(max_seconds=120)
+
+
+def health_at(moment: dt.datetime) -> tuple[int, dict[str, Any]]:
+    """The health function's answer as if called at ``moment`` (the collector's injected clock)."""
+    runtime.collector().clock = lambda: moment
+    return call_health()
 
 
 def generate(sim: Simulator, content_type: str) -> None:
@@ -83,13 +116,16 @@ def test_the_health_function_is_an_http_get_behind_a_function_key() -> None:
 def test_healthy_after_real_runs_with_lag_per_stream(simulator: Simulator, app_env: dict[str, str]) -> None:
     generate(simulator, "Audit.Exchange")
     generate(simulator, "DLP.All")
+    started = time.monotonic()
     run_timer()
     run_queue()
     status, body = call_health()
+    took = time.monotonic() - started
     assert status == 200, body["problems"]
     assert body["healthy"] is True
     assert {s["content_type"] for s in body["streams"]} == {"Audit.Exchange", "DLP.All"}
-    assert all(5 * 60 <= s["lag_seconds"] < 10 * 60 for s in body["streams"])
+    # the end delay (5 min) plus at most the time this test took: no guess at the machine's speed
+    assert all(5 * 60 <= s["lag_seconds"] <= 5 * 60 + took + 1 for s in body["streams"])
     assert all(s["last_success_at"] for s in body["streams"])
 
 
@@ -122,32 +158,65 @@ def test_unhealthy_when_listing_has_not_succeeded_within_the_threshold(
     ]
 
 
-def test_unhealthy_while_blobs_sit_in_the_poison_queue(
-    simulator: Simulator, app_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_unhealthy_while_more_blobs_than_allowed_sit_in_the_poison_queue(
+    simulator: Simulator, configure: Configure, receiver: HttpReceiver
 ) -> None:
     generate(simulator, "Audit.Exchange")
-    run_timer()
     blobs = len(simulator.blobs(TID, "Audit.Exchange"))
-    monkeypatch.setattr(runtime.Collector, "sinks_for", lambda self, tenant_id: [Refusing()])
-    run_queue(dequeue_count=5)  # the last attempt: it goes to the poison queue
+    receiver.require_bearer("right-token")  # the backend refuses every post: 401
+    sink = {"SINK_TYPE": "http", "SINK_URL": receiver.url, "SINK_HTTP_BEARER_TOKEN": "wrong-token"}
+    configure(**sink, O365_MAX_DEQUEUE_COUNT="2")
+    run_timer()
+    drained = run_queue()
+    assert drained.poisoned == blobs
+    assert [r.status for r in receiver.requests] == [401] * (2 * blobs)  # two deliveries each
+
     status, body = call_health()
     assert status == 503
+    assert body["thresholds"]["max_poison"] == 0
     assert body["queues"]["poison"]["messages"] == blobs
     exchange = {s["content_type"]: s for s in body["streams"]}["Audit.Exchange"]
     assert exchange["blobs_poisoned"] == blobs
     assert exchange["last_error"]["source"] == "fetch"
-    assert exchange["last_error"]["message"] == "backend said no"
+    assert "401" in exchange["last_error"]["message"]
+    assert body["problems"] == [
+        f"{blobs} messages in the poison queue {body['queues']['poison']['name']}: fix the cause (see the last "
+        "errors), then run `python -m o365collector replay-poison`"
+    ]
+
+    # O365_HEALTH_MAX_POISON on both sides of the count: as many as allowed is healthy, one more is not.
+    configure(**sink, O365_HEALTH_MAX_POISON=str(blobs))
+    assert call_health()[0] == 200
+    configure(**sink, O365_HEALTH_MAX_POISON=str(blobs - 1))
+    status, body = call_health()
+    assert status == 503
+    assert [p.split(" messages in the poison queue")[0] for p in body["problems"]] == [str(blobs)]
 
 
-class Refusing:
-    name = "refusing"
+def test_content_lost_at_the_source_is_unhealthy_for_exactly_the_lookback(
+    simulator: Simulator, configure: Configure
+) -> None:
+    generate(simulator, "Audit.Exchange")
+    victim = simulator.blobs(TID, "Audit.Exchange")[1]
+    simulator.expire(victim.content_id)
+    # Only the loss can make it unhealthy here: the listing-age threshold is set to its maximum.
+    configure(O365_HEALTH_LOST_DATA_HOURS="2", O365_HEALTH_MAX_LISTING_AGE_MINUTES=str(7 * 24 * 60))
+    run_timer()
+    assert run_queue().poisoned == 0
+    (lost,) = runtime.collector().status.list_lost()
+    assert lost.content_id == victim.content_id
+    assert lost.lost_at is not None
+    lookback, epsilon = dt.timedelta(hours=2), dt.timedelta(seconds=1)
 
-    def check(self) -> None: ...
+    status, body = health_at(lost.lost_at + lookback - epsilon)
+    assert status == 503
+    assert body["problems"] == [
+        f"{TID} Audit.Exchange: 1 content blobs expired at the source before delivery in the last 2 h"
+    ]
+    assert health_at(lost.lost_at + lookback + epsilon)[0] == 200
 
-    def send(self, records: object, context: object) -> None:
-        raise RuntimeError("backend said no")
-
-    def close(self) -> None: ...
+    configure(O365_HEALTH_LOST_DATA_HOURS="0", O365_HEALTH_MAX_LISTING_AGE_MINUTES=str(7 * 24 * 60))
+    assert health_at(lost.lost_at)[0] == 200  # 0: losses never make it unhealthy
 
 
 def test_a_collector_that_cannot_read_its_state_answers_503_with_the_reason() -> None:
@@ -156,8 +225,9 @@ def test_a_collector_that_cannot_read_its_state_answers_503_with_the_reason() ->
 
     status, body = health_response(broken)
     assert status == 503
-    assert orjson.loads(body) == {
-        "healthy": False,
-        "status": "unhealthy",
-        "problems": ["status unavailable: AzureWebJobsStorage: is required"],
-    }
+    doc = orjson.loads(body)
+    assert {k: doc[k] for k in ("healthy", "status")} == {"healthy": False, "status": "unhealthy"}
+    (problem,) = doc["problems"]
+    # The reason names the setting at fault (an error-type prefix may lead it).
+    assert problem.startswith("status unavailable: ")
+    assert problem.endswith("AzureWebJobsStorage: is required")

@@ -1,7 +1,8 @@
 """checkov finds nothing in the ARM template beyond the short, documented list of accepted findings.
 
-scripts/checkov.sh runs checkov offline from its own virtual environment (installed on first use,
-~25 s). checkov exits 0 when it cannot parse a template, so these tests read the JSON summary.
+scripts/checkov.sh runs checkov offline from its own virtual environment, which scripts/bootstrap.sh
+installs (pinned); the tests never install it. checkov exits 0 when it cannot parse a template, so these
+tests read the JSON summary.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "checkov.sh"
 TEMPLATE = ROOT / "infra" / "azuredeploy.json"
 INFRA_README = ROOT / "infra" / "README.md"
 CHECK_ID = re.compile(r"^CKV2?_AZURE_\d+$")
+NOT_INSTALLED = 3  # scripts/checkov.sh's exit code when the bootstrap has not installed checkov
 
 
 def run_checkov(*args: str, template: Path | None = None) -> dict[str, Any]:
@@ -28,6 +32,8 @@ def run_checkov(*args: str, template: Path | None = None) -> dict[str, Any]:
     result = subprocess.run(
         ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600, check=False
     )
+    if result.returncode == NOT_INSTALLED:
+        pytest.fail(result.stderr.strip())
     assert result.returncode in (0, 1), f"checkov crashed (rc={result.returncode}): {result.stderr[-2000:]}"
     report = json.loads(result.stdout)
     # One framework gives one report object; checkov returns a list when it ran several.
@@ -79,7 +85,7 @@ def test_every_documented_skip_says_why() -> None:
 def test_every_skipped_check_still_fails_without_its_skip() -> None:
     """A skip that no longer matches a finding hides nothing: remove it from the list."""
     venv_checkov = Path(os.environ.get("CHECKOV_VENV", ROOT / ".venv-checkov")) / "bin" / "checkov"
-    checkov_report()  # makes sure the script has installed checkov
+    checkov_report()  # fails with the script's message when the bootstrap has not installed checkov
     result = subprocess.run(
         [str(venv_checkov), "-f", str(TEMPLATE), "--framework", "arm", "--skip-download", "--quiet", "-o", "json"],
         capture_output=True,
@@ -99,3 +105,18 @@ def test_a_template_checkov_cannot_parse_is_reported(tmp_path: Path) -> None:
     summary = run_checkov(template=broken)["summary"]
     assert summary["parsing_errors"] == 1
     assert summary["resource_count"] == 0
+
+
+def test_a_scan_never_installs_checkov_it_names_the_bootstrap_instead(tmp_path: Path) -> None:
+    empty = tmp_path / "no-checkov"
+    result = subprocess.run(
+        ["bash", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHECKOV_VENV": str(empty)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == NOT_INSTALLED
+    assert "run scripts/bootstrap.sh" in result.stderr
+    assert not empty.exists()

@@ -600,7 +600,7 @@ def test_action_group_mails_the_alert_address() -> None:
     assert receiver["emailAddress"] == "[parameters('alertEmail')]"
 
 
-KUSTO_LANGUAGE_SERVICE = "12.4.1"
+KUSTO_LANGUAGE_SERVICE = "12.4.1"  # the version package.json pins
 KQL_CHECK = r"""
 const service = process.env.KUSTO_LANGUAGE_SERVICE;
 global.Bridge = require(service + "/bridge.js");
@@ -626,32 +626,14 @@ console.log(JSON.stringify(out));
 
 
 def kusto_language_service() -> Path:
-    """Microsoft's Kusto parser (a JavaScript build of Kusto.Language), installed on first use (~2 s).
-
-    It lives in its own folder under node_modules (git-ignored), like checkov's own venv, so the
-    project's package.json stays the Azurite tooling only.
-    """
-    folder = ROOT / "node_modules" / ".cache" / "kusto-language-service"
-    service = folder / "node_modules" / "@kusto" / "language-service-next"
+    """Microsoft's Kusto parser (a JavaScript build of Kusto.Language), installed by scripts/bootstrap.sh
+    from package.json (pinned), so no test installs anything on first use."""
+    service = ROOT / "node_modules" / "@kusto" / "language-service-next"
     manifest = service / "package.json"
-    if not manifest.exists() or json.loads(manifest.read_text())["version"] != KUSTO_LANGUAGE_SERVICE:
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--prefix",
-                str(folder),
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                f"@kusto/language-service-next@{KUSTO_LANGUAGE_SERVICE}",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    if not manifest.exists():
+        pytest.fail("the Kusto language service is not installed: run scripts/bootstrap.sh (npm ci)")
+    version = json.loads(manifest.read_text())["version"]
+    assert version == KUSTO_LANGUAGE_SERVICE, f"node_modules has {version}: run scripts/bootstrap.sh (npm ci)"
     return service
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -15,9 +18,10 @@ from o365collector.errors import (
     SubscriptionMissingError,
     UntrustedUrlError,
 )
-from o365collector.management_api import ManagementApiClient, classify_response
+from o365collector.management_api import ManagementApiClient, classify_response, content_uri_problem, same_origin
 from o365collector.models import CONTENT_TYPES, TimeWindow
 from o365collector.simulator import Fault, Simulator, TenantSpec
+from tests.loopback import LoopbackService, OwnedHandler
 from tests.support import TENANT, EnvFactory
 
 TID = TENANT.tenant_id
@@ -57,6 +61,105 @@ def test_service_answers_map_to_errors_that_say_what_to_do(
     error = classify_response(status, body, {}, TID, "list Audit.Exchange")
     assert type(error) is kind
     assert fragment in str(error)
+
+
+ASPNET_404 = b'{"Message":"No HTTP resource was found that matches the request URI \'/api/v1.0/x\'."}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "fragment"),
+    [
+        (404, err("AF20050", "The specified content (x) does not exist."), ContentUnavailableError, "does not exist"),
+        (400, err("AF20051", "Content with the key x has already expired."), ContentUnavailableError, "expired"),
+        (404, ASPNET_404, ApiTransientError, "only AF20050/AF20051 mean the content is gone"),
+        (404, b"", ApiTransientError, "retried"),
+        (404, b"<html>Not Found</html>", ApiTransientError, "retried"),
+    ],
+)
+def test_only_the_af_codes_for_gone_content_mean_a_blob_is_lost(
+    status: int, body: bytes, kind: type[Exception], fragment: str
+) -> None:
+    """A 404 without an AF code is not the content store saying the blob is gone: it is retried, not lost."""
+    error = classify_response(status, body, {}, TID, "fetch 2026$abc")
+    assert type(error) is kind
+    assert fragment in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "api", "same"),
+    [
+        ("https://manage.office.com:443/api/v1.0/x", "https://manage.office.com", True),
+        ("https://manage.office.com/api/v1.0/x", "https://manage.office.com:443", True),
+        ("https://MANAGE.office.com/api/v1.0/x", "https://manage.office.com", True),
+        ("https://127.0.0.1:8443/api", "https://127.0.0.1:8443", True),
+        ("https://manage.office.com:8443/api/v1.0/x", "https://manage.office.com", False),
+        ("http://manage.office.com/api/v1.0/x", "https://manage.office.com", False),
+        ("http://manage.office.com:443/api/v1.0/x", "https://manage.office.com", False),
+        ("https://evil.example/api/v1.0/x", "https://manage.office.com", False),
+        ("https://manage.office.com.evil.example/api", "https://manage.office.com", False),
+        ("https://user:pw@manage.office.com/api/v1.0/x", "https://manage.office.com", False),
+        ("https://manage.office.com@evil.example/api", "https://manage.office.com", False),
+        ("https://manage.office.com:bad/api", "https://manage.office.com", False),
+    ],
+)
+def test_the_token_goes_only_to_the_api_origin_whatever_the_spelling_of_its_port(
+    url: str, api: str, same: bool
+) -> None:
+    assert same_origin(urlsplit(url), urlsplit(api)) is same
+
+
+API = "https://manage.office.com"
+CID = "20260301$20260301$abc$Audit_Exchange$na0034"
+CANONICAL = f"{API}/api/v1.0/{TID}/activity/feed/audit/{CID}"
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        (CANONICAL, None),
+        (f"{API}/api/v1.0/{TID}/activity/feed/Audit/{CID}", None),
+        (f"{API}/API/V1.0/{TID.upper()}/Activity/Feed/AUDIT/{CID}", None),
+        (f"{API}:443/api/v1.0/{TID}/activity/feed/audit/{CID}", None),
+        (f"{API}/api/v1.0/{TID}/activity/feed/audit/{CID.replace('$', '%24')}", None),
+        (f"{API}/api/v1/{TID}/activity/feed/audit/{CID}", None),
+        (f"{API}/api/v1.0/{TID}/activity/feed/subscriptions/list", "not a content path"),
+        (f"{API}/api/v1.0/{TID}/activity/feed/subscriptions/content", "not a content path"),
+        (f"{API}/api/v1.0/{TID}/activity/feed/audit/{CID}/x", "not a content path"),
+        (f"{API}/api/v2.0/{TID}/activity/feed/audit/{CID}", "not a content path"),
+        (f"{API}/api/v1.0/{TID}/activity/feed/audit/other-blob", "another content id"),
+        (f"{API}/api/v1.0/{TID}/activity/feed/audit/{CID.upper()}", "another content id"),
+        (f"{API}/api/v1.0/99999999-2222-4333-8444-555555555555/activity/feed/audit/{CID}", "another tenant"),
+        (f"{CANONICAL}?nextPage=1", "query"),
+        (f"{CANONICAL}#frag", "query or a fragment"),
+        (f"https://evil.example/api/v1.0/{TID}/activity/feed/audit/{CID}", "evil.example"),
+        (f"{API}:8443/api/v1.0/{TID}/activity/feed/audit/{CID}", "not to the API host"),
+        (f"{API}/api/v1.0/{TID}/activity/feed/audit/../audit/{CID}", "not a content path"),
+        (f"{API}/x/api/v1.0/{TID}/activity/feed/audit/{CID}", "not a content path"),
+    ],
+)
+def test_a_content_uri_must_be_the_content_path_of_the_message_own_tenant_and_id(
+    uri: str, problem: str | None
+) -> None:
+    found = content_uri_problem(uri, api_url=API, tenant_id=TID, content_id=CID)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+@pytest.mark.parametrize("content_id", ["", ".", "..", "a/b", "a\\b", "a?b", "a#b", "a\nb", "a\x1bb"])
+def test_a_content_id_no_blob_has_is_refused(content_id: str) -> None:
+    uri = f"{API}/api/v1.0/{TID}/activity/feed/audit/{content_id}"
+    assert content_uri_problem(uri, api_url=API, tenant_id=TID, content_id=content_id) is not None
+
+
+def test_an_api_url_with_a_path_prefix_roots_the_content_path() -> None:
+    proxy = "https://proxy.example/o365"
+    uri = f"{proxy}/api/v1.0/{TID}/activity/feed/audit/{CID}"
+    assert content_uri_problem(uri, api_url=proxy, tenant_id=TID, content_id=CID) is None
+    bare = f"https://proxy.example/api/v1.0/{TID}/activity/feed/audit/{CID}"
+    assert content_uri_problem(bare, api_url=proxy, tenant_id=TID, content_id=CID) is not None
 
 
 def test_throttling_carries_retry_after_when_sent() -> None:
@@ -127,6 +230,26 @@ def test_throttling_and_server_errors_are_retried(simulator: Simulator, client: 
     assert client.fetch_content(blobs[0].content_uri)
     assert client.stats.throttled == 2
     assert client.stats.retries == 4
+
+
+def test_a_bare_404_on_a_content_get_is_retried_and_the_blob_fetched(
+    simulator: Simulator, client: ManagementApiClient
+) -> None:
+    generate(simulator)
+    blob = simulator.blobs(TID, "Audit.Exchange")[0]
+    simulator.faults.add(Fault(kind="bare_404", route="fetch", count=2))
+    assert client.fetch_content(blob.content_uri) == blob.records
+    assert client.stats.retries == 2
+
+
+def test_a_bare_404_that_persists_is_transient_not_a_loss(simulator: Simulator, make_env: EnvFactory) -> None:
+    generate(simulator)
+    blob = simulator.blobs(TID, "Audit.Exchange")[0]
+    tenant = Settings.from_env(make_env()).tenants[0]
+    bounded = ManagementApiClient(tenant, policy=HttpPolicy(max_attempts=2, backoff_seconds=0.01))
+    simulator.faults.add(Fault(kind="bare_404", route="fetch"))
+    with pytest.raises(ApiTransientError, match="404"):
+        bounded.fetch_content(blob.content_uri)
 
 
 def test_dropped_connections_are_retried(simulator: Simulator, client: ManagementApiClient) -> None:
@@ -256,3 +379,59 @@ def test_an_unknown_tenant_is_a_permanent_sign_in_error(simulator: Simulator, ma
     api = ManagementApiClient(tenant, policy=HttpPolicy(backoff_seconds=0.01))
     with pytest.raises(ApiPermanentError, match=r"AADSTS90002.*O365_TENANT_ID"):
         api.sign_in()
+
+
+class RepeatingFeed(LoopbackService):
+    """A listing endpoint whose every page names the same NextPageUri, ``repeats`` times, then ends.
+
+    A client without the repeated-page guard would follow it round and yield the same entries again.
+    """
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self.pages_served = 0
+        self._lock = threading.Lock()
+        super().__init__(_RepeatingFeedHandler, tls=True, timeout=10.0, name="repeating-feed")
+
+
+class _RepeatingFeedHandler(OwnedHandler):
+    def do_GET(self) -> None:
+        feed: RepeatingFeed = self.owner  # type: ignore[assignment]
+        with feed._lock:
+            feed.pages_served += 1
+            page = feed.pages_served
+        root = f"{feed.base_url}/api/v1.0/{TID}/activity/feed"
+        content_id = f"repeated{page:04d}$repeated{page:04d}$audit_exchange$Audit_Exchange"
+        created = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+        entry = {
+            "contentType": "Audit.Exchange",
+            "contentId": content_id,
+            "contentUri": f"{root}/audit/{content_id}",
+            "contentCreated": created.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "contentExpiration": (created + dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        body = orjson.dumps([entry])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        if page <= feed.repeats:
+            self.send_header("NextPageUri", f"{root}/subscriptions/content?contentType=Audit.Exchange&nextPage=same")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_next_page_uri_the_service_repeats_ends_the_listing_instead_of_looping(
+    simulator: Simulator, make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with RepeatingFeed(repeats=4) as feed:
+        # Tokens from the simulator, the listing from the repeating feed: trust both certificates.
+        bundle = tmp_path / "trust.pem"
+        bundle.write_bytes(Path(simulator.ca_file).read_bytes() + Path(feed.ca_file).read_bytes())
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        tenant = Settings.from_env(make_env(O365_API_URL=feed.base_url, REQUESTS_CA_BUNDLE=str(bundle))).tenants[0]
+        api = ManagementApiClient(tenant, policy=HttpPolicy(backoff_seconds=0.01))
+        listed: list[str] = []
+        with pytest.raises(ApiTransientError, match="repeated a page"):
+            listed.extend(b.content_id for b in api.list_content("Audit.Exchange", last_day()))
+        assert feed.pages_served == 2, "the first page, then the page that named itself again"
+        assert len(listed) == 2, "no entry was listed twice"

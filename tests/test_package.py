@@ -1,7 +1,8 @@
 """The deployment zip from scripts/package.sh holds what the Functions host needs and nothing else,
 and function_app.py imports from it, with only the zip's own dependencies, declaring its functions.
 
-The zip is built once per test session (about 15 s: pip downloads Linux wheels from PyPI).
+The zip is built once per test session (a few seconds), offline: scripts/bootstrap.sh has put the Linux
+wheels it vendors in .venv/wheelhouse, and the build may take them from there only (no package index).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import o365collector
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = ".python_packages/lib/site-packages/"
+WHEELHOUSE = ROOT / ".venv" / "wheelhouse"  # filled by scripts/bootstrap.sh
 # The runtime the template declares (functionAppConfig.runtime): Linux x86-64, CPython 3.11.
 RUNTIME_EXTENSION = re.compile(r"\.(cpython-311-x86_64-linux-gnu|abi3)\.so$")
 
@@ -44,10 +46,14 @@ print(json.dumps({
 
 @pytest.fixture(scope="session")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not any(WHEELHOUSE.glob("*.whl")):
+        pytest.fail(f"no wheels in {WHEELHOUSE}: run scripts/bootstrap.sh (the test command does)")
     dist = tmp_path_factory.mktemp("dist")
+    # pip reads PIP_* from the environment: the wheels come from the bootstrap's wheelhouse, never an index.
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELHOUSE)}
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "package.sh")],
-        env={**os.environ, "DIST_DIR": str(dist), "PYTHON": sys.executable},
+        env={**os.environ, **offline, "DIST_DIR": str(dist), "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=600,

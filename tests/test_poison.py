@@ -1,6 +1,6 @@
 """``replay-poison`` on Azurite: poisoned blobs go back to the content queue once the cause is fixed and each
-is shipped exactly once; content already shipped is dropped, unreadable messages stay; ``--dry-run`` changes
-nothing."""
+is shipped exactly once; content already shipped is dropped, unreadable messages (not base64, not a task) stay
+as they are without stopping the others; ``--dry-run`` changes nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
+from azure.storage.queue import QueueClient
 
 from o365collector import cli
+from o365collector.azurite import Azurite
 from o365collector.cli import run_once
+from o365collector.models import FetchTask
 from o365collector.poison import replay_poison
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
@@ -115,6 +118,22 @@ def test_unreadable_messages_stay_in_the_poison_queue(make_collector: CollectorF
     assert result.unreadable == 1
     assert result.total_moved == 0
     assert [m.content for m in collector.poison_queue.peek_messages()] == ['{"v": 99, "something": "else"}']
+
+
+def test_a_message_that_is_not_base64_stays_as_it_is_and_its_neighbours_are_replayed(
+    make_collector: CollectorFactory, azurite: Azurite
+) -> None:
+    collector = make_collector()
+    # A client without base64 encoding stores the text as given: what a foreign writer may leave behind.
+    raw = QueueClient.from_connection_string(azurite.connection_string, collector.settings.poison_queue)
+    raw.send_message("not base64, not a task")
+    now = dt.datetime.now(dt.UTC)
+    task = FetchTask(TID, "Audit.General", "c1", "https://127.0.0.1/c1", now, now + dt.timedelta(days=7))
+    collector.poison_queue.send_message(task.to_message())
+    result = replay_poison(collector.poison_queue, collector.queue, collector.ledger)
+    assert (result.unreadable, result.total_moved) == (1, 1)
+    assert [m.content for m in raw.peek_messages(max_messages=32)] == ["not base64, not a task"]
+    assert [FetchTask.from_message(m.content) for m in collector.queue.peek_messages(max_messages=32)] == [task]
 
 
 def test_replay_with_no_poison_queue_moves_nothing(make_collector: CollectorFactory) -> None:

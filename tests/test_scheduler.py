@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
+import pytest
+
 from o365collector.ratelimit import RateLimiter
-from o365collector.scheduler import FairScheduler, run_fairly
+from o365collector.scheduler import run_fairly
 
 
 @dataclass(eq=False)
@@ -58,12 +63,45 @@ def test_the_per_key_cap_holds_under_concurrency_and_all_work_finishes() -> None
     assert peak["t0"] == 2
 
 
+# Run in a child process: a wedged scheduler leaves a pool thread waiting forever, which would also
+# keep the test process from exiting; the child is killed at the bound instead.
+_FAILING_STEP_RUN = """
+import json
+from o365collector.scheduler import run_fairly
+
+class Item:
+    def __init__(self, key, steps):
+        self.key, self.steps, self.done = key, steps, 0
+
+items = [Item("a", 3), Item("bad", 2), Item("c", 3), Item("d", 2)]
+
+def step(item):
+    item.done += 1
+    if item.key == "bad":
+        raise RuntimeError("listing failed")
+    return item.done < item.steps
+
+try:
+    run_fairly(items, step, workers=2, per_key_limit=1)
+    error = None
+except RuntimeError as err:
+    error = str(err)
+print(json.dumps({"error": error, "done": [[i.key, i.done] for i in items]}))
+"""
+
+
 def test_a_failing_step_does_not_wedge_the_scheduler() -> None:
-    scheduler: FairScheduler[Item] = FairScheduler([Item("a", 1)], per_key_limit=1)
-    item = scheduler.take()
-    assert item is not None
-    scheduler.done(item, again=False)
-    assert scheduler.take() is None
+    """A step that raises ends its worker, but frees its place: the other worker finishes every other
+    item and the run returns with the error, instead of waiting forever for the failed step."""
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _FAILING_STEP_RUN], capture_output=True, text=True, timeout=20, check=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the scheduler is wedged: a worker waits forever for a step that failed")
+    outcome = json.loads(child.stdout)
+    assert outcome["error"] == "listing failed", "the failure reaches the caller"
+    assert outcome["done"] == [["a", 3], ["bad", 1], ["c", 3], ["d", 2]], "every other item finished"
 
 
 def test_rate_limiter_paces_to_the_rate_after_the_burst() -> None:

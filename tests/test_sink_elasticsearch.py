@@ -64,11 +64,16 @@ def audit_records(count: int, *, start: int = 0, pad: int = 0) -> list[dict[str,
     ]
 
 
+def doc_id(record: dict[str, Any], context: BlobContext = CONTEXT) -> str:
+    """The _id the sink gives a record: scoped by the blob's tenant."""
+    return f"{context.tenant_id}:{record['Id']}"
+
+
 def bulk_body(records: list[dict[str, Any]], index: str = INDEX) -> bytes:
     """The NDJSON Elasticsearch documents for create operations with our _id."""
     lines = []
     for record in records:
-        lines.append(serialize({"create": {"_index": index, "_id": record["Id"]}}) + b"\n")
+        lines.append(serialize({"create": {"_index": index, "_id": doc_id(record)}}) + b"\n")
         lines.append(serialize(record) + b"\n")
     return b"".join(lines)
 
@@ -115,7 +120,7 @@ def make_sink(delays: list[float], monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 def test_bulk_create_wire_format(es: BulkServer, make_sink: SinkFactory) -> None:
-    """One POST /_bulk: a create action with the record's Id, then the record unchanged, NDJSON."""
+    """One POST /_bulk: a create action with the tenant-scoped Id, then the record unchanged, NDJSON."""
     records = audit_records(3)
     make_sink(es).send(records, CONTEXT)
 
@@ -125,10 +130,11 @@ def test_bulk_create_wire_format(es: BulkServer, make_sink: SinkFactory) -> None
     assert request.headers["authorization"] == f"ApiKey {API_KEY}"
     assert request.headers["user-agent"].startswith("o365collector/")
     assert request.body.startswith(
-        b'{"create":{"_index":"o365-audit","_id":"00000000-0000-4000-8000-000000000000"}}\n{"CreationTime":'
+        b'{"create":{"_index":"o365-audit","_id":"11111111-2222-4333-8444-555555555555:'
+        b'00000000-0000-4000-8000-000000000000"}}\n{"CreationTime":'
     )
     assert request.body == bulk_body(records)
-    assert es.actions == [({"create": {"_index": INDEX, "_id": r["Id"]}}, r) for r in records]
+    assert es.actions == [({"create": {"_index": INDEX, "_id": doc_id(r)}}, r) for r in records]
     assert es.docs(INDEX) == records
     assert request.json()["errors"] is False
 
@@ -142,18 +148,19 @@ def test_pipeline_is_a_query_parameter(es: BulkServer, make_sink: SinkFactory) -
 @pytest.mark.parametrize(
     ("record", "expected"),
     [
-        ({"Id": "6f5b-guid"}, "6f5b-guid"),
-        ({"Id": 42}, "42"),
+        ({"Id": "6f5b-guid"}, "t-1:6f5b-guid"),
+        ({"Id": 42}, "t-1:42"),
+        ({"Id": "x" * 508}, "t-1:" + "x" * 508),
         ({"Id": ""}, None),
         ({"Id": None}, None),
         ({"Id": True}, None),
         ({"Id": {"nested": 1}}, None),
-        ({"Id": "x" * 513}, None),
+        ({"Id": "x" * 509}, None),  # with the tenant, above the 512 bytes _id allows
         ({"Operation": "NoId"}, None),
     ],
 )
-def test_document_id_is_the_record_id(record: dict[str, Any], expected: str | None) -> None:
-    assert document_id(record) == expected
+def test_document_id_is_the_record_id_scoped_by_tenant(record: dict[str, Any], expected: str | None) -> None:
+    assert document_id(record, "t-1") == expected
 
 
 def test_records_without_an_id_get_an_id_from_the_cluster(es: BulkServer, make_sink: SinkFactory) -> None:
@@ -205,6 +212,25 @@ def test_a_redelivered_blob_adds_no_duplicates(es: BulkServer, make_sink: SinkFa
     assert es.docs(INDEX) == records
 
 
+def test_another_tenants_record_with_the_same_id_is_stored_not_swallowed(
+    es: BulkServer, make_sink: SinkFactory
+) -> None:
+    """A 409 counts as delivered only for this tenant's record: the same Id from another tenant is created,
+    and a redelivery of either blob still stores nothing twice."""
+    other = BlobContext("99999999-8888-4777-8666-555555555555", CONTEXT.content_type, "other-blob", NOW)
+    ours = audit_records(3)
+    theirs = [{**record, "UserId": "someone@fabrikam.example", "Seq": 100 + n} for n, record in enumerate(ours)]
+    sink = make_sink(es)
+    sink.send(ours, CONTEXT)
+    sink.send(theirs, other)  # same Ids, another tenant
+    sink.send(theirs, other)  # redelivered
+    sink.send(ours, CONTEXT)  # redelivered
+
+    assert es.docs(INDEX) == ours + theirs
+    statuses = [[item["create"]["status"] for item in e.json()["items"]] for e in es.exchanges_to("/_bulk")]
+    assert statuses == [[201] * 3, [201] * 3, [409] * 3, [409] * 3]
+
+
 # -- per-item answers
 
 
@@ -239,7 +265,7 @@ def test_a_mapping_error_is_permanent_and_names_index_type_and_reason(
     assert "refused 5 of 5 documents for index 'o365-audit' (SINK_ELASTICSEARCH_INDEX)" in message
     assert "document_parsing_exception (400)" in message
     assert "failed to parse field [Note] of type [long]" in message
-    assert "for Id 00000000-0000-4000-8000-000000000000" in message
+    assert f"for _id {CONTEXT.tenant_id}:00000000-0000-4000-8000-000000000000" in message
     assert "and 2 more" in message
     assert MARKER not in message  # the field preview Elasticsearch quotes is cut
     assert len(es.exchanges) == 1
@@ -287,6 +313,32 @@ def test_a_key_without_write_privilege_is_permanent(es: BulkServer, make_sink: S
 def test_reasons_lose_quoted_values(reason: str, cleaned: str) -> None:
     assert clean_reason(reason).startswith(cleaned)
     assert "secret" not in clean_reason(reason)
+
+
+def test_item_errors_make_a_short_message_whatever_the_cluster_says(es: BulkServer, make_sink: SinkFactory) -> None:
+    """Error types, reasons and ids come from the cluster: each is cut short, so the message stays short."""
+    es.map_field("Note", "long" + "g" * 3000)  # the fake puts the type in the reason: a very long reason
+    with pytest.raises(SinkPermanentError) as caught:
+        make_sink(es).send(audit_records(5), CONTEXT)
+    message = str(caught.value)
+    assert "document_parsing_exception (400)" in message
+    assert "and 2 more" in message
+    assert len(message) < 1000
+
+
+def test_request_errors_never_echo_the_credentials(es: BulkServer, make_sink: SinkFactory) -> None:
+    """A cluster or proxy that echoes the request headers in its error: a short excerpt without the key."""
+    echoed = f"bad header\nAuthorization: ApiKey {API_KEY}\x1b " + "q" * 5000
+    es.fail_next(1, 400, {"error": {"type": "illegal_argument_exception" + "x" * 3000, "reason": echoed}})
+    with pytest.raises(SinkPermanentError) as caught:
+        make_sink(es).send(audit_records(1), CONTEXT)
+    message = str(caught.value)
+    assert "illegal_argument_exception" in message
+    assert "bad header" in message
+    assert API_KEY not in message
+    assert "\x1b" not in message
+    assert "\n" not in message
+    assert len(message) < 500
 
 
 # -- request-level answers
@@ -591,7 +643,7 @@ def test_an_outage_longer_than_the_retries_loses_nothing_and_stores_each_record_
         down = [e for e in server.exchanges if e.status == 503]
         stored = server.docs(INDEX)
     assert len(down) == outage
-    assert created == served
+    assert created == Counter({f"{tenant}:{record_id}": n for record_id, n in served.items()})
     assert max(created.values()) == 1
     assert len(served) > 10
     by_id = {r["Id"]: r for b in simulator.blobs(tenant) for r in b.records}

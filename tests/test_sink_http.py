@@ -8,12 +8,15 @@ import email.utils
 import gzip
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import requests
 
+from o365collector.config import Settings
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext
 from o365collector.sinks.batching import serialize
@@ -300,6 +303,49 @@ def test_retry_after_beyond_the_retry_budget_goes_back_to_the_queue(
 # -- permanent failures
 
 
+def test_error_text_never_echoes_request_headers(receiver: HttpReceiver, make_sink: SinkFactory) -> None:
+    """A receiver (or a proxy) that echoes the request in its error page: the message keeps a short excerpt
+    without the token or the extra header values."""
+    echo = (
+        f"400 Bad Request\r\n\x1b[31mAuthorization: Bearer {TOKEN}\r\nX-Api-Key: hunter2-api-key\r\n"
+        + "<p>padding</p>" * 500
+    )
+    receiver.fail_next(1, status=400, body=echo)
+    with pytest.raises(SinkPermanentError) as caught:
+        make_sink(
+            receiver.url, SINK_HTTP_BEARER_TOKEN=TOKEN, SINK_HTTP_HEADERS='{"X-Api-Key": "hunter2-api-key"}'
+        ).send(audit_records(1), CONTEXT)
+    message = str(caught.value)
+    assert "400 Bad Request" in message
+    assert TOKEN not in message
+    assert "hunter2-api-key" not in message
+    assert "\x1b" not in message
+    assert "\n" not in message
+    assert len(message) < 400
+
+
+def test_a_peer_echoing_the_request_line_does_not_put_the_url_key_in_the_message(make_sink: SinkFactory) -> None:
+    """http.client quotes a malformed status line; a peer that answers with our request line would put the
+    URL's path and query (where some receivers take a key) into the message, were it not scrubbed."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def echo_request_line() -> None:
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as stream:
+                connection.sendall(stream.readline().rstrip(b"\r\n") + b"\r\n\r\n")
+
+        peer = threading.Thread(target=echo_request_line)
+        peer.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/ingest?key=s3cret-url-key"
+        with pytest.raises(SinkTransientError) as caught:
+            make_sink(url, SINK_HTTP_MAX_ATTEMPTS="1").send(audit_records(1), CONTEXT)
+        peer.join()
+    message = str(caught.value)
+    assert "connection to http://127.0.0.1:" in message
+    assert "POST" in message  # the peer's line is there, so the check below can fail
+    assert "s3cret-url-key" not in message
+
+
 def test_400_is_permanent_with_status_and_short_body(
     receiver: HttpReceiver, make_sink: SinkFactory, delays: list[float]
 ) -> None:
@@ -546,6 +592,25 @@ def test_header_errors_do_not_echo_values() -> None:
             {"SINK_URL": "https://siem.example.com", "SINK_HTTP_HEADERS": '{"X-Api-Key": hunter2}'}
         )
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["price-€", "caf\u00e9", "bell\u0007", "del\u007f"])
+def test_a_header_value_http_cannot_carry_is_refused_at_start_up(
+    value: str, make_env: Callable[..., dict[str, str]]
+) -> None:
+    """Refused once when the settings are read, naming the setting and the header but not the value;
+    before, every send failed with a UnicodeEncodeError from deep inside http.client."""
+    headers = orjson.dumps({"X-Api-Key": f"secret-{value}"}).decode()
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(make_env(SINK_TYPE="http", SINK_URL="https://siem.example.com/in", SINK_HTTP_HEADERS=headers))
+    message = str(caught.value)
+    assert "SINK_HTTP_HEADERS" in message
+    assert "'X-Api-Key'" in message
+    assert "secret" not in message
+    accepted = HttpSinkSettings.from_env(
+        {"SINK_URL": "https://siem.example.com/in", "SINK_HTTP_HEADERS": '{"X-A": "a b\\tc ~!", "X-Empty": ""}'}
+    )
+    assert accepted.headers == (("X-A", "a b\tc ~!"), ("X-Empty", ""))
 
 
 def test_settings_repr_hides_secrets() -> None:

@@ -338,6 +338,22 @@ def test_refused_data_is_permanent_and_says_which_event(hec: HecServer, make_sin
     assert len(hec.exchanges) == 1
 
 
+@pytest.mark.parametrize("json_answer", [True, False])
+def test_error_text_never_echoes_the_token(hec: HecServer, make_sink: SinkFactory, json_answer: bool) -> None:
+    """HEC's text (or a proxy's page) that echoes the request: a short excerpt, without the token."""
+    echoed = f"Invalid data format\nAuthorization: Splunk {TOKEN}\x1b[0m " + "z" * 5000
+    body: Any = {"text": echoed, "code": 6} if json_answer else echoed.encode()
+    hec.fail_next(1, 400, body)
+    with pytest.raises(SinkPermanentError) as caught:
+        make_sink(hec).send(audit_records(1), CONTEXT)
+    message = str(caught.value)
+    assert "Invalid data format" in message
+    assert TOKEN not in message
+    assert "\x1b" not in message
+    assert "\n" not in message
+    assert len(message) < 400
+
+
 def test_redirects_are_not_followed(hec: HecServer, make_sink: SinkFactory) -> None:
     hec.fail_next(1, 302, b"")
     with pytest.raises(SinkPermanentError, match="redirects are not followed"):

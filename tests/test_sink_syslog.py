@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from o365collector.cli import run_once
+from o365collector.config import Settings
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext
+from o365collector.redaction import printable
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.sinks.batching import serialize
@@ -182,6 +184,30 @@ def test_structured_data_values_are_escaped(server: SyslogServer, make_sink: Sin
     assert message.sd(SD_ID)["contentId"] == nasty  # the strict parser undid exactly the three escapes
     assert b'contentId="id \\"with\\" \\\\back\\\\slash\\] and \\]\\] brackets"' in message.raw
     assert escape_param_value('a"b\\c]d') == 'a\\"b\\\\c\\]d'
+
+
+def test_control_characters_never_split_a_message(server: SyslogServer, make_sink: SinkFactory) -> None:
+    """A line feed (or CR, ESC, NUL, DEL, NEL, U+2028) in a structured-data value or a record field never
+    reaches the wire raw: a receiver or file that splits on lines keeps the message whole, and the values
+    arrive escaped."""
+    nasty_id = 'blob\nFAKE <13>1 - - - - - injected]"\r\x1b\x00end'
+    text = 'line one\nline two ] "quoted" \r\x1b\x00 del\x7f nel\x85 ls\u2028 ps\u2029 Zoë'
+    sent = [{"Id": "x", "Text": text}, {"Id": "y", "Text": text, "Big": 2**64}]  # orjson, then the fallback
+    make_sink(server).send(sent, context(content_id=nasty_id))
+
+    messages = server.wait_for(2)
+    assert server.errors == []
+    for message, record in zip(messages, sent, strict=True):
+        assert not any(byte < 0x20 or byte == 0x7F for byte in message.raw), message.raw
+        assert not any(char in message.raw.decode() for char in "\x85\u2028\u2029")  # split lines in some readers
+        received = message.sd(SD_ID)["contentId"]
+        assert received == printable(nasty_id)  # the strict parser undid the RFC escapes: the printable form
+        assert received.startswith("blob")
+        assert received.endswith("end")
+        assert received.isprintable()
+        assert json.loads(message.msg) == record  # JSON's own escapes: the field round-trips exactly
+    assert "Zoë" in messages[0].raw.decode()  # printable non-ASCII stays as orjson writes it
+    assert escape_param_value("a\nb]") == printable("a\nb").replace("\\", "\\\\") + "\\]"
 
 
 def test_structured_data_can_be_left_out(server: SyslogServer, make_sink: SinkFactory) -> None:
@@ -454,8 +480,11 @@ def test_settings_defaults() -> None:
     assert settings.sd_id == SD_ID
     assert settings.hostname == "".join(c for c in socket.gethostname() if "!" <= c <= "~")[:255] or "-"
     assert settings.ca_file is None
-    tcp = SyslogSinkSettings.from_env({"SINK_SYSLOG_HOST": "siem.example.com", "SINK_SYSLOG_PROTOCOL": "TCP"})
-    assert (tcp.protocol, tcp.port) == ("tcp", 601)
+    assert not settings.allow_plaintext
+    tcp = SyslogSinkSettings.from_env(
+        {"SINK_SYSLOG_HOST": "siem.example.com", "SINK_SYSLOG_PROTOCOL": "TCP", "SINK_SYSLOG_ALLOW_PLAINTEXT": "true"}
+    )
+    assert (tcp.protocol, tcp.port, tcp.allow_plaintext) == ("tcp", 601, True)
 
 
 @pytest.mark.parametrize(
@@ -505,9 +534,49 @@ def test_requests_ca_bundle_is_the_fallback_for_tls_only() -> None:
     )
     assert (own.ca_file, own.ca_setting) == ("/siem.pem", "SINK_SYSLOG_CA_FILE")
     tcp = SyslogSinkSettings.from_env(
-        {"SINK_SYSLOG_HOST": "h", "SINK_SYSLOG_PROTOCOL": "tcp", "REQUESTS_CA_BUNDLE": "/corp.pem"}
+        {
+            "SINK_SYSLOG_HOST": "h",
+            "SINK_SYSLOG_PROTOCOL": "tcp",
+            "SINK_SYSLOG_ALLOW_PLAINTEXT": "true",
+            "REQUESTS_CA_BUNDLE": "/corp.pem",
+        }
     )
     assert tcp.ca_file is None
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "siem.example.com", "127.0.0.2", "[2001:db8::1]"])
+def test_plain_tcp_to_a_remote_host_is_refused_before_any_connection(
+    host: str, make_env: Callable[..., dict[str, str]]
+) -> None:
+    """Unencrypted audit records only with SINK_SYSLOG_ALLOW_PLAINTEXT: refused at start-up, so nothing connects."""
+    env = make_env(SINK_TYPE="syslog", SINK_SYSLOG_HOST=host, SINK_SYSLOG_PROTOCOL="tcp")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "SINK_SYSLOG_ALLOW_PLAINTEXT" in message
+    assert "SINK_SYSLOG_PROTOCOL=tcp" in message
+    assert "use tls" in message
+
+    # Settings built any other way are held to the same rule: no SyslogSink, so no connection, can exist.
+    with pytest.raises(ConfigError, match="SINK_SYSLOG_ALLOW_PLAINTEXT"):
+        SyslogSinkSettings(host=host.strip("[]"), port=601, protocol="tcp")
+
+    allowed = Settings.from_env(env | {"SINK_SYSLOG_ALLOW_PLAINTEXT": "true"})
+    (settings,) = allowed.sinks
+    assert isinstance(settings, SyslogSinkSettings)
+    assert (settings.protocol, settings.allow_plaintext) == ("tcp", True)
+    assert SyslogSinkSettings.from_env({"SINK_SYSLOG_HOST": host}).protocol == "tls"  # tls needs no permission
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_plain_tcp_to_loopback_needs_no_permission(host: str, server: SyslogServer, make_sink: SinkFactory) -> None:
+    """The same settings that are refused for a remote host send to loopback without the permission."""
+    with pytest.raises(ConfigError, match="SINK_SYSLOG_ALLOW_PLAINTEXT"):
+        SyslogSinkSettings.from_env(env_for(server, SINK_SYSLOG_HOST="192.0.2.1"))
+    sink = make_sink(server, SINK_SYSLOG_HOST=host)
+    sink.send(records(1), context())
+    (message,) = server.wait_for(1)
+    assert json.loads(message.msg)["Id"] == "r-0"
 
 
 def test_registry_builds_the_syslog_sink() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import uuid
@@ -16,6 +17,8 @@ from o365collector.config import CertificateCredentialConfig, ClientSecretCreden
 from o365collector.errors import ConfigError
 from o365collector.models import CONTENT_TYPES
 from o365collector.tenants import TableTenantRegistry
+
+NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)
 
 ROOT = Path(__file__).resolve().parents[1]
 A = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -42,12 +45,12 @@ def test_json_registry_with_shared_and_per_tenant_credentials() -> None:
             {
                 "tenantId": B,
                 "clientId": "dddddddd-0000-4000-8000-000000000004",
-                "credential": "setting:FABRIKAM_SECRET",
+                "credential": "setting:O365_SECRET_FABRIKAM",
                 "cloud": "gcchigh",
                 "sinks": ["http"],
             },
         ],
-        FABRIKAM_SECRET="fabrikam-secret",
+        O365_SECRET_FABRIKAM="fabrikam-secret",
     )
     contoso, fabrikam = settings.tenants
     assert contoso.credential == ClientSecretCredentialConfig(APP, contoso.credential.client_secret)  # type: ignore[union-attr]
@@ -62,9 +65,12 @@ def test_json_registry_with_shared_and_per_tenant_credentials() -> None:
 
 
 def test_certificate_credentials_and_disabled_entries() -> None:
-    settings = parse([{"tenantId": A, "credential": "certificate:/secrets/a.pem"}, {"tenantId": B, "enabled": False}])
+    settings = parse(
+        [{"tenantId": A, "credential": "certificate:/secrets/a.pem"}, {"tenantId": B, "enabled": False}],
+        O365_CERTIFICATE_DIR="/secrets",
+    )
     (only,) = settings.tenants
-    assert only.credential == CertificateCredentialConfig(APP, "/secrets/a.pem")
+    assert only.credential == CertificateCredentialConfig(APP, "/secrets/a.pem", folder="/secrets")
 
 
 def test_the_single_tenant_settings_are_a_one_entry_registry() -> None:
@@ -79,8 +85,8 @@ def test_the_single_tenant_settings_are_a_one_entry_registry() -> None:
         ([{"tenantId": A}, {"name": "no id"}], "O365_TENANTS[1].tenantId", "required"),
         ([{"tenantId": A, "cloud": "Mars"}], "O365_TENANTS[0].cloud", "Enterprise, GCC"),
         ([{"tenantId": A, "contentTypes": ["Audit.Foo"]}], "O365_TENANTS[0].contentTypes", "'Audit.Foo'"),
-        ([{"tenantId": A, "credential": "setting:MISSING"}], "O365_TENANTS[0].credential", "'MISSING'"),
-        ([{"tenantId": A, "credential": "password"}], "O365_TENANTS[0].credential", "setting:<APP_SETTING>"),
+        ([{"tenantId": A, "credential": "setting:O365_SECRET_MISSING"}], "O365_TENANTS[0].credential", "not set"),
+        ([{"tenantId": A, "credential": "password"}], "O365_TENANTS[0].credential", "setting:O365_SECRET_<NAME>"),
         ([{"tenantId": A, "sinks": ["splunk"]}], "O365_TENANTS[0].sinks", "not in SINK_TYPE"),
         ([{"tenantId": A, "enabled": "yes"}], "O365_TENANTS[0].enabled", "true or false"),
         ([{"tenantId": A, "secret": "x"}], "O365_TENANTS[0]", "unknown field(s) secret"),
@@ -109,23 +115,23 @@ def registry(azurite: Azurite) -> TableTenantRegistry:
 
 
 def test_table_registry_add_disable_remove(registry: TableTenantRegistry) -> None:
-    env = BASE | {"FABRIKAM_SECRET": "s"}
-    registry.add({"tenantId": A, "name": "Contoso"}, env, sink_names=("file", "http"))
-    registry.add({"tenantId": B, "credential": "setting:FABRIKAM_SECRET", "contentTypes": "Audit.General"}, env,
-                 sink_names=("file", "http"))  # fmt: skip
-    assert sorted(t.tenant_id for t in registry.load(env, sink_names=("file",))) == [A, B]
+    env = BASE | {"O365_SECRET_FABRIKAM": "s"}
+    registry.add({"tenantId": A, "name": "Contoso"}, env, sink_names=("file", "http"), now=NOW)
+    registry.add({"tenantId": B, "credential": "setting:O365_SECRET_FABRIKAM", "contentTypes": "Audit.General"}, env,
+                 sink_names=("file", "http"), now=NOW)  # fmt: skip
+    assert sorted(t.tenant_id for t in registry.load(env, sink_names=("file",), now=NOW).tenants) == [A, B]
     with pytest.raises(ConfigError, match="already registered"):
-        registry.add({"tenantId": A}, env, sink_names=("file",))
+        registry.add({"tenantId": A}, env, sink_names=("file",), now=NOW)
     registry.set_enabled(A, False)
-    assert [t.tenant_id for t in registry.load(env, sink_names=("file",))] == [B]
+    assert [t.tenant_id for t in registry.load(env, sink_names=("file",), now=NOW).tenants] == [B]
     assert registry.remove(B)
     assert not registry.remove(B)
-    assert registry.load(env, sink_names=("file",)) == ()
+    assert registry.load(env, sink_names=("file",), now=NOW).tenants == ()
 
 
 def test_table_registry_refuses_invalid_input_before_storing(registry: TableTenantRegistry) -> None:
     with pytest.raises(ConfigError, match=r"tenant\.contentTypes"):
-        registry.add({"tenantId": A, "contentTypes": "Audit.Nope"}, BASE, sink_names=("file",))
+        registry.add({"tenantId": A, "contentTypes": "Audit.Nope"}, BASE, sink_names=("file",), now=NOW)
     assert registry.entries() == []
 
 
@@ -135,7 +141,7 @@ def test_tenants_command_manages_the_table_and_never_prints_secrets(azurite: Azu
         **BASE,
         "AzureWebJobsStorage": azurite.connection_string,
         "O365_TENANT_TABLE": f"tn{uuid.uuid4().hex[:10]}",
-        "FABRIKAM_SECRET": "do-not-print-me",
+        "O365_SECRET_FABRIKAM": "do-not-print-me",
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -145,14 +151,14 @@ def test_tenants_command_manages_the_table_and_never_prints_secrets(azurite: Azu
         )  # fmt: skip
 
     assert cli("tenants", "add", A, "--name", "Contoso").returncode == 0
-    assert cli("tenants", "add", B, "--credential", "setting:FABRIKAM_SECRET", "--cloud", "GCC").returncode == 0
+    assert cli("tenants", "add", B, "--credential", "setting:O365_SECRET_FABRIKAM", "--cloud", "GCC").returncode == 0
     bad = cli("tenants", "add", "not-a-guid")
     assert bad.returncode == 2
     assert "tenant.tenantId: 'not-a-guid' is not a GUID" in bad.stderr
     assert cli("tenants", "disable", B).returncode == 0
     listing = cli("tenants", "list")
     assert A in listing.stdout
-    assert "setting:FABRIKAM_SECRET" in listing.stdout
+    assert "setting:O365_SECRET_FABRIKAM" in listing.stdout
     assert "do-not-print-me" not in listing.stdout + listing.stderr
     assert "shared-app-secret" not in listing.stdout + listing.stderr
     assert cli("tenants", "remove", A).returncode == 0

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from . import feed, tokens
 from .certs import write_certificates
@@ -117,8 +118,10 @@ class Simulator:
         available_at: dt.datetime | None = None,
         expiration: dt.datetime | None = None,
         content_id: str | None = None,
+        listing_entry: Callable[[dict[str, Any]], object] | None = None,
     ) -> SimBlob:
-        """A hand-made blob. ``records`` may be raw bytes, served verbatim (malformed or huge bodies)."""
+        """A hand-made blob. ``records`` may be raw bytes, served verbatim (malformed or huge bodies);
+        ``listing_entry`` rewrites the blob's entry in listings (a malformed or mislabelled entry)."""
         return self._store.add_blob(
             tenant_id,
             content_type,
@@ -127,6 +130,7 @@ class Simulator:
             available_at=available_at,
             expiration=expiration,
             content_id=content_id,
+            listing_entry=listing_entry,
         )
 
     def blobs(self, tenant_id: str, content_type: str | None = None) -> list[SimBlob]:
@@ -218,6 +222,7 @@ class Simulator:
     # -- request pipeline -----------------------------------------------------------------------
 
     def _dispatch(self, request: Request) -> Response | None:
+        arrived = time.monotonic()
         feed_route = feed.match(request.segments)
         token_route = None if feed_route else tokens.match(request.segments)
         if feed_route is not None:
@@ -229,7 +234,7 @@ class Simulator:
         publisher = request.query.get("publisheridentifier")
 
         def log(status: int | None, fault: str | None = None, fetched: str | None = None) -> None:
-            entry = RequestLog(route, request.method, request.path, tenant, publisher, status)
+            entry = RequestLog(route, request.method, request.path, tenant, publisher, status, arrived)
             self.stats.record(entry, fault=fault, fetched=fetched)
 
         fault = self.faults.pick(route, tenant)
@@ -239,7 +244,7 @@ class Simulator:
             if fault.kind == "drop":
                 log(None, fault.kind)
                 return None
-            injected = fault_response(fault, route, publisher)
+            injected = fault_response(fault, route, publisher, request.path, request=request)
             if injected is not None:
                 if feed_route is not None and injected.content_type and "json" in injected.content_type:
                     injected.headers.extend(FEED_HEADERS)

@@ -103,6 +103,8 @@ class SimBlob:
     _clock: Clock = field(repr=False)
     _api_url: Callable[[], str] = field(repr=False)
     _raw: bytes | None = field(default=None, repr=False)
+    # Rewrites this blob's listing entry as served (a malformed or mislabelled entry); None: as is.
+    listing_entry: Callable[[dict[str, Any]], object] | None = field(default=None, repr=False)
     _forced_expired: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _body: bytes | None = field(default=None, repr=False)

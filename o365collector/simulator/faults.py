@@ -1,4 +1,4 @@
-"""Fault injection: throttling, server errors, timeouts, slow answers and dropped connections.
+"""Fault injection: throttling, server errors, timeouts, bare 404s, slow answers, dropped connections and echoes.
 
 A ``Fault`` matches requests by route (and optionally tenant). ``count`` limits it to the first N
 matching requests, ``rate`` makes each matching request fail with that probability (drawn from a
@@ -14,9 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from .wire import Response, af_error, http_sys_error, json_response
+from .wire import Request, Response, af_error, http_sys_error, json_response, not_found
 
-FaultKind = Literal["throttle", "http429", "server_error", "unavailable", "request_timeout", "slow", "drop"]
+FaultKind = Literal[
+    "throttle", "http429", "server_error", "unavailable", "request_timeout", "slow", "drop", "bare_404", "echo"
+]
 FaultRoute = Literal["list", "fetch", "subscriptions", "token", "any"]
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
@@ -36,6 +38,11 @@ class Fault:
     normally; ``drop`` after a delay looks like a client timeout). ``retry_after`` adds a
     ``Retry-After`` header (whole seconds, rounded up), which the real service is not documented to send.
     ``tenant_id`` limits the fault to one tenant's requests.
+
+    ``echo`` refuses the request and quotes it back, credentials included (its Authorization header, its
+    form with ``client_secret``), as a careless proxy or a misconfigured service does: the token route in
+    Entra's OAuth error shape (400), the feed routes as AF50000 (500, so a client retries). Each quote is
+    kept in ``echoed``, so a test knows what a leak would look like.
     """
 
     kind: FaultKind
@@ -46,6 +53,7 @@ class Fault:
     delay_seconds: float = 0.0
     tenant_id: str | None = None
     injected: int = field(default=0, init=False)
+    echoed: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(FaultKind):
@@ -104,11 +112,15 @@ class FaultInjector:
         return None
 
 
-def fault_response(fault: Fault, route: str, publisher_id: str | None) -> Response | None:
+def fault_response(
+    fault: Fault, route: str, publisher_id: str | None, path: str = "/", *, request: Request | None = None
+) -> Response | None:
     """What the service answers for this fault; None for ``slow`` (answer normally) and ``drop``."""
     response: Response | None
     if fault.kind in ("slow", "drop"):
         return None
+    if fault.kind == "echo":
+        return _echo(fault, route, request)
     if route in ("token", "openid"):
         response = _token_fault(fault.kind)
     elif fault.kind == "throttle":
@@ -121,6 +133,10 @@ def fault_response(fault: Fault, route: str, publisher_id: str | None) -> Respon
         response = af_error("AF50000")
     elif fault.kind == "unavailable":
         response = http_sys_error(503, "Service Unavailable", "The service is unavailable.")
+    elif fault.kind == "bare_404":
+        # A 404 without an AF code (ASP.NET's "No HTTP resource was found"), as a front end or a routing
+        # hiccup answers: not the content store's AF20050, so it does not mean the blob is gone (INF).
+        response = not_found(path)
     else:
         response = http_sys_error(408, "Request Timeout", "The request timed out.")
     if fault.retry_after is not None:
@@ -142,3 +158,26 @@ def _token_fault(kind: str) -> Response:
     if kind == "unavailable":
         return http_sys_error(503, "Service Unavailable", "The service is unavailable.")
     return http_sys_error(408, "Request Timeout", "The request timed out.")
+
+
+# Headers that carry no credential: left out of an echo, so the quote stays short and leads with what matters.
+_PLAIN_HEADERS = frozenset(
+    {"host", "user-agent", "accept", "accept-encoding", "connection", "content-type", "content-length"}
+)
+
+
+def _echo(fault: Fault, route: str, request: Request | None) -> Response:
+    """The request quoted back: its headers but the plain ones (credentials first), then its body (a form)."""
+    quoted = "(no request)"
+    if request is not None:
+        shown = sorted((k, v) for k, v in request.headers.items() if k not in _PLAIN_HEADERS)
+        shown.sort(key=lambda item: item[0] != "authorization")
+        headers = "; ".join(f"{k}: {v}" for k, v in shown)
+        body = request.body.decode("utf-8", "replace")
+        quoted = f"{request.method} {request.path} {headers} {body}".strip()
+    fault.echoed.append(quoted)
+    if route in ("token", "openid"):
+        description = f"AADSTS50000: There was an error issuing a token. Request received: {quoted}"
+        return json_response(400, {"error": "invalid_request", "error_description": description})
+    message = f"An internal error occurred. Retry the request. Request received: {quoted}"
+    return json_response(500, {"error": {"code": "AF50000", "message": message}})

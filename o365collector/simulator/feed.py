@@ -8,6 +8,7 @@ is not, the choice is marked INF and follows the simulator checklist (management
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ class ActivityFeed:
         if route.area == "audit":
             if request.method != "GET":
                 return _wrong_verb(request.method), None
-            return self._fetch(route, token)
+            return self._fetch(route, token, gzip_ok="gzip" in (request.header("accept-encoding") or "").lower())
         found = self._handlers.get((route.area, route.name))
         if found is None:
             return not_found(request.path), None
@@ -253,16 +254,16 @@ class ActivityFeed:
                 return af_error("AF20031", next_page, status=400)
         page, more = self._store.list_page(route.tenant, content_type, start, end, after, self._config.page_size)
         base = self._public_base()
-        body = [
-            {
+        body: list[object] = []
+        for blob in page:
+            entry = {
                 "contentType": blob.content_type,
                 "contentId": blob.content_id,
                 "contentUri": f"{base}/api/v1.0/{route.tenant}/activity/feed/audit/{blob.content_id}",
                 "contentCreated": format_content_time(blob.created),
                 "contentExpiration": format_content_time(blob.expiration),
             }
-            for blob in page
-        ]
+            body.append(blob.listing_entry(entry) if blob.listing_entry is not None else entry)
         headers: list[tuple[str, str]] = []
         if more and page:
             # Absolute URL, same window, plus nextPage; absent on the last page and on an empty one.
@@ -293,7 +294,7 @@ class ActivityFeed:
 
     # -- content --------------------------------------------------------------------------------
 
-    def _fetch(self, route: FeedRoute, token: IssuedToken) -> tuple[Response, str | None]:
+    def _fetch(self, route: FeedRoute, token: IssuedToken, *, gzip_ok: bool = False) -> tuple[Response, str | None]:
         content_id = route.name
         blob = self._store.find(content_id)
         if blob is None or blob.tenant_id.lower() != route.tenant.lower():
@@ -310,6 +311,8 @@ class ActivityFeed:
         if blob.expired:
             return af_error("AF20051", content_id, status=400), None
         body = blob.body(include_dlp_detail="ActivityFeed.ReadDlp" in token.roles)
+        if self._options.gzip_content and gzip_ok:
+            return Response(200, gzip.compress(body, 6), headers=[("Content-Encoding", "gzip")]), content_id
         return Response(200, body), content_id
 
 

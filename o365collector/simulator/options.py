@@ -54,3 +54,7 @@ class SimulatorOptions:
     # Extra age a startTime may have beyond 7 days. [REF] says 7 days; Beats observed the service
     # accept up to 7 days + 1 h. Zero is the strict, documented rule.
     lookback_grace: dt.timedelta = dt.timedelta(0)
+    # Content bodies sent gzip-compressed (Content-Encoding: gzip) to clients that accept it. The real
+    # service's use of compression is undocumented; this lets a test serve a small body that expands
+    # to far more (a gzip bomb) and check that compressed blobs still ship.
+    gzip_content: bool = False

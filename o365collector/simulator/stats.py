@@ -15,6 +15,8 @@ class RequestLog:
     tenant_id: str | None
     publisher_id: str | None
     status: int | None  # None: the connection was dropped
+    at: float = 0.0
+    """``time.monotonic()`` when the request arrived: tests read a client's pace from it."""
 
 
 @dataclass

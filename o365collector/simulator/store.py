@@ -213,6 +213,7 @@ class Store:
         available_at: dt.datetime | None = None,
         expiration: dt.datetime | None = None,
         content_id: str | None = None,
+        listing_entry: Callable[[dict[str, Any]], object] | None = None,
     ) -> SimBlob:
         if content_type not in CONTENT_TYPES:
             raise ValueError(f"unknown content type {content_type!r}")
@@ -241,6 +242,7 @@ class Store:
                 as_utc(expiration) if expiration else created + dt.timedelta(days=7),
                 raw,
             )
+            blob.listing_entry = listing_entry
             self._insert(state, [blob])
             return blob
 

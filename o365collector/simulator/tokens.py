@@ -55,6 +55,9 @@ class TokenService:
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._tokens: dict[str, IssuedToken] = {}
+        # Tests flip this to model a token endpoint (a proxy, a misconfigured STS) that refuses every request
+        # and quotes it back, client_secret included: the collector must never pass such text on.
+        self.echo_requests = False
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -87,7 +90,11 @@ class TokenService:
 
     def token(self, tenant: str, body: bytes) -> tuple[Response, IssuedToken | None]:
         """Answer a token request; the issued token (if any) is returned for the stats."""
-        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        raw = body.decode("utf-8", "replace")
+        form = dict(parse_qsl(raw, keep_blank_values=True))
+        if self.echo_requests:
+            message = f"Request could not be processed. Received: {raw} Parsed: {orjson.dumps(form).decode()}"
+            return self._error(400, "invalid_request", 50000, message), None
         state = self._store.tenant(tenant)
         if state is None:
             return self._error(400, "invalid_request", 90002, self._tenant_not_found(tenant)), None

@@ -1,13 +1,23 @@
 """The Elasticsearch / OpenSearch sink: records become documents through the ``_bulk`` API.
 
 Wire format (``POST {SINK_ELASTICSEARCH_URL}/_bulk[?pipeline=...]``, ``Content-Type: application/x-ndjson``):
-two lines per record, ``{"create":{"_index":"<index>","_id":"<record Id>"}}`` then the record exactly as
-the API served it, every line ending in a newline. ``create`` (not ``index``) because data streams accept
-only ``create``, and because it never overwrites: a record already stored under its ``Id`` answers 409,
-which counts as delivered. The record's ``Id`` is the idempotency key, so a redelivered blob adds no
-duplicates. A record without a usable ``Id`` (missing, not a string or number, or longer than the 512
-bytes ``_id`` allows) is sent without ``_id``: Elasticsearch assigns one, and a redelivery would store
-it again.
+two lines per record, ``{"create":{"_index":"<index>","_id":"<tenant>:<record Id>"}}`` then the record
+exactly as the API served it, every line ending in a newline. ``create`` (not ``index``) because data
+streams accept only ``create``, and because it never overwrites: a document already stored under that
+``_id`` answers 409, which counts as delivered. The ``_id`` is the idempotency key, so a redelivered blob
+adds no duplicates.
+
+Why the tenant is in the ``_id``: a 409 means "some document has this ``_id``", not "this record is
+stored". Keyed by ``Id`` alone, a document of another tenant with the same ``Id`` (one collector serves
+many tenants) would make a record count as delivered without ever being stored. Scoped by the tenant
+of the blob (``BlobContext.tenant_id``, from our own settings, not from the record), a 409 can only be
+this tenant's record with this ``Id``: the one sent before. Scoping costs nothing per record, where
+comparing the stored document on every 409 would cost a read, and would fail once an ingest pipeline
+has reshaped the stored document. ``<tenant>:<Id>`` rather than a hash keeps ``_id`` readable.
+
+A record without a usable ``Id`` (missing, not a string or number, or an ``_id`` longer than the 512
+bytes Elasticsearch allows) is sent without ``_id``: Elasticsearch assigns one, and a redelivery would
+store it again.
 
 Authentication: ``Authorization: ApiKey <SINK_ELASTICSEARCH_API_KEY>`` (the ``encoded`` value of an API
 key; an ``id:api_key`` pair is encoded here), or HTTP basic with SINK_ELASTICSEARCH_USERNAME/PASSWORD,
@@ -51,9 +61,10 @@ import requests
 from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record
+from ..redaction import register_secret
 from ..retry import RetryPolicy
 from .batching import NDJSON, Batch, iter_batches, serialize
-from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_base_url, snippet
+from .httpcore import EXCERPT_CHARS, USER_AGENT, HttpCore, Target, excerpt, is_transient_status, parse_base_url, snippet
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,9 @@ DEFAULT_MAX_RETRY_SECONDS = 60.0
 
 MAX_ID_BYTES = 512  # Elasticsearch and OpenSearch refuse longer _id values
 ITEM_ERRORS_SHOWN = 3
+# Per refused item shown: together a few hundred characters, whatever the cluster answered.
+ITEM_REASON_CHARS = 120
+ITEM_WORD_CHARS = 80  # an error type, an _id
 
 _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 # Index and data stream names: lower case, none of \ / * ? " < > | , # : or space, not starting with - _ +.
@@ -143,9 +157,13 @@ class ElasticsearchSinkSettings:
             batch_max_records=get_int(
                 env, "SINK_ELASTICSEARCH_BATCH_MAX_RECORDS", DEFAULT_BATCH_MAX_RECORDS, minimum=1, maximum=100_000
             ),
-            timeout_seconds=get_float(env, "SINK_ELASTICSEARCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0),
+            timeout_seconds=get_float(
+                env, "SINK_ELASTICSEARCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0, maximum=600.0
+            ),
             max_attempts=get_int(env, "SINK_ELASTICSEARCH_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20),
-            max_retry_seconds=get_float(env, "SINK_ELASTICSEARCH_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS),
+            max_retry_seconds=get_float(
+                env, "SINK_ELASTICSEARCH_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS, maximum=3600.0
+            ),
         )
 
     def create(self) -> ElasticsearchSink:
@@ -172,23 +190,31 @@ def _encoded_api_key(key: Secret) -> Secret:
             "SINK_ELASTICSEARCH_API_KEY", "must be the key alone (the 'encoded' value), without spaces or 'ApiKey '"
         )
     if ":" in text:
+        register_secret(text.partition(":")[2])  # the key proper: an echo may quote it without its id
         return Secret(base64.b64encode(text.encode()).decode("ascii"))
+    try:  # the encoded form given: its decoded pair and key are the same secret in other words
+        pair = base64.b64decode(text, validate=True).decode("utf-8")
+    except ValueError:
+        return key
+    register_secret(pair)
+    register_secret(pair.partition(":")[2])
     return key
 
 
-def document_id(record: Record) -> str | None:
-    """The ``_id`` for a record: its ``Id`` (a string, or an integer as text), or None to let the cluster pick."""
+def document_id(record: Record, tenant_id: str) -> str | None:
+    """The ``_id`` for a record of ``tenant_id``: ``<tenant>:<Id>`` (``Id`` a string, or an integer as
+    text), or None to let the cluster pick. See the module docstring for why the tenant is part of it."""
     value = record.get("Id")
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         return None
-    text = str(value)
-    if not text or len(text.encode()) > MAX_ID_BYTES:
+    text = f"{tenant_id}:{value}"
+    if len(text.encode()) > MAX_ID_BYTES:
         return None
     return text
 
 
-def clean_reason(reason: object, limit: int = 300) -> str:
-    """An Elasticsearch error reason fit for a message: one line, short, without quoted field values.
+def clean_reason(reason: object, limit: int = EXCERPT_CHARS, response: requests.Response | None = None) -> str:
+    """An Elasticsearch error reason fit for a message: an ``excerpt``, without quoted field values.
 
     Mapping errors end in ``. Preview of field's value: '...'`` and JSON parse errors quote the source
     after ``[Source: ``; both would put record content in logs, so they are cut.
@@ -198,7 +224,7 @@ def clean_reason(reason: object, limit: int = 300) -> str:
         cut = text.find(marker)
         if cut != -1:
             text = text[:cut]
-    return text[:limit]
+    return excerpt(text, response, limit)
 
 
 class ElasticsearchSink:
@@ -278,7 +304,7 @@ class ElasticsearchSink:
             framing=NDJSON,
             max_bytes=self._settings.batch_max_bytes,
             max_records=self._settings.batch_max_records,
-            serialize=self._operation,
+            serialize=lambda record: self._operation(record, context.tenant_id),
         ):
             if batch.oversize:
                 log.warning(
@@ -290,7 +316,7 @@ class ElasticsearchSink:
                     self._settings.batch_max_bytes,
                     extra=extra,
                 )
-            self._send_batch(records, batch, extra)
+            self._send_batch(records, batch, context.tenant_id, extra)
             batches += 1
         log.debug(
             "elasticsearch sink: %d records of content %s accepted in %d batches",
@@ -305,10 +331,10 @@ class ElasticsearchSink:
 
     # -- wire format
 
-    def _operation(self, record: Record) -> bytes:
+    def _operation(self, record: Record, tenant_id: str) -> bytes:
         """The action line and the document line of one record (NDJSON adds the final newline)."""
         meta: dict[str, str] = {"_index": self._settings.index}
-        doc_id = document_id(record)
+        doc_id = document_id(record, tenant_id)
         if doc_id is not None:
             meta["_id"] = doc_id
         return orjson.dumps({"create": meta}) + b"\n" + serialize(record)
@@ -319,13 +345,17 @@ class ElasticsearchSink:
         if settings.api_key is not None:
             headers["Authorization"] = f"ApiKey {settings.api_key.reveal()}"
         elif settings.username is not None and settings.password is not None:
-            pair = f"{settings.username}:{settings.password.reveal()}".encode()
-            headers["Authorization"] = f"Basic {base64.b64encode(pair).decode('ascii')}"
+            pair = f"{settings.username}:{settings.password.reveal()}"
+            encoded = base64.b64encode(pair.encode()).decode("ascii")
+            # The password in its wire form: a peer echoing our headers shows this, not the password.
+            register_secret(pair)
+            register_secret(encoded)
+            headers["Authorization"] = f"Basic {encoded}"
         return headers
 
     # -- sending
 
-    def _send_batch(self, records: Sequence[Record], batch: Batch, extra: dict[str, Any]) -> None:
+    def _send_batch(self, records: Sequence[Record], batch: Batch, tenant_id: str, extra: dict[str, Any]) -> None:
         """Send one batch; documents throttled per item are sent again on their own until accepted."""
         pending = list(range(batch.first, batch.stop))
         body = batch.body
@@ -335,7 +365,7 @@ class ElasticsearchSink:
             remaining = self._post_bulk(body, pending)
             if remaining:
                 pending = remaining
-                body = NDJSON.encode([self._operation(records[i]) for i in remaining])
+                body = NDJSON.encode([self._operation(records[i], tenant_id) for i in remaining])
                 raise SinkTransientError(
                     f"{self._core.endpoint} asked to retry {len(remaining)} of {batch.count} documents "
                     "(429 or 5xx per item: the cluster is busy)"
@@ -382,16 +412,25 @@ class ElasticsearchSink:
             status = result.get("status") if isinstance(result, dict) else None
             if not isinstance(result, dict) or not isinstance(status, int) or isinstance(status, bool):
                 raise SinkPermanentError(f"{where} with a _bulk item without a status")
-            if 200 <= status < 300 or status == 409:  # 409: stored before under this Id (create never overwrites)
+            # 409: this tenant's record with this Id was stored before (create never overwrites; the _id is scoped).
+            if 200 <= status < 300 or status == 409:
                 continue
             if is_transient_status(status):
                 retry.append(position)
                 continue
+            # Every word from the item is the cluster's: each is cut short (see ITEM_REASON_CHARS).
             error = result.get("error")
             kind = error.get("type", "error") if isinstance(error, dict) else "error"
             reason = error.get("reason", "") if isinstance(error, dict) else error
             doc_id = result.get("_id")
-            refused.append((doc_id if isinstance(doc_id, str) else None, str(kind), clean_reason(reason), status))
+            refused.append(
+                (
+                    excerpt(doc_id, response, ITEM_WORD_CHARS) if isinstance(doc_id, str) else None,
+                    excerpt(kind, response, ITEM_WORD_CHARS),
+                    clean_reason(reason, ITEM_REASON_CHARS, response),
+                    status,
+                )
+            )
         if refused:
             raise self._refused_error(refused, len(sent))
         return retry
@@ -401,7 +440,7 @@ class ElasticsearchSink:
     def _refused_error(self, refused: list[tuple[str | None, str, str, int]], sent: int) -> SinkPermanentError:
         index = self._settings.index
         shown = "; ".join(
-            f"{kind} ({status}){f' for Id {doc_id}' if doc_id else ''}: {reason}"
+            f"{kind} ({status}){f' for _id {doc_id}' if doc_id else ''}: {reason}"
             for doc_id, kind, reason, status in refused[:ITEM_ERRORS_SHOWN]
         )
         more = f"; and {len(refused) - ITEM_ERRORS_SHOWN} more" if len(refused) > ITEM_ERRORS_SHOWN else ""
@@ -463,7 +502,8 @@ def _error_summary(response: requests.Response) -> str:
     reply = _json(response)
     error = reply.get("error") if isinstance(reply, dict) else None
     if isinstance(error, dict):
-        return f": {error.get('type', 'error')}: {clean_reason(error.get('reason', ''), 200)}"
+        kind = excerpt(error.get("type", "error"), response, ITEM_WORD_CHARS)
+        return f": {kind}: {clean_reason(error.get('reason', ''), EXCERPT_CHARS, response)}"
     if isinstance(error, str):
-        return f": {clean_reason(error, 200)}"
+        return f": {clean_reason(error, EXCERPT_CHARS, response)}"
     return snippet(response)

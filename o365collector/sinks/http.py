@@ -49,6 +49,7 @@ from ..content import ContentRecords
 from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError
 from ..models import BlobContext, Record
+from ..redaction import register_secret
 from ..retry import RetryPolicy
 from . import compression
 from .batching import FRAMINGS, Batch, iter_batches, iter_served_batches
@@ -78,6 +79,10 @@ BATCHES_AHEAD = 2
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 header field names
 _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")  # a bearer token: no spaces, line breaks or non-ASCII
+# Header values: printable ASCII, spaces and tabs (RFC 9110 field-value without obs-text). http.client
+# encodes values as Latin-1 and fails only when a request is built, so a '€' would fail every send;
+# all non-ASCII is refused at start-up instead, since receivers read bytes above 0x7f in different ways.
+_HEADER_VALUE_CHARS = frozenset(map(chr, range(0x20, 0x7F))) | {"\t"}
 # Headers the sink sets itself; letting SINK_HTTP_HEADERS change them would break the wire format or routing.
 _RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "transfer-encoding", "host"})
 
@@ -122,9 +127,11 @@ class HttpSinkSettings:
             batch_max_records=get_int(
                 env, "SINK_HTTP_BATCH_MAX_RECORDS", DEFAULT_BATCH_MAX_RECORDS, minimum=1, maximum=1_000_000
             ),
-            timeout_seconds=get_float(env, "SINK_HTTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0),
+            timeout_seconds=get_float(
+                env, "SINK_HTTP_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0, maximum=600.0
+            ),
             max_attempts=get_int(env, "SINK_HTTP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20),
-            max_retry_seconds=get_float(env, "SINK_HTTP_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS),
+            max_retry_seconds=get_float(env, "SINK_HTTP_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS, maximum=3600.0),
         )
 
     def create(self) -> HttpSink:
@@ -153,6 +160,15 @@ def _parse_headers(env: Environ, name: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(name, f"{key!r} is set by the sink itself and cannot be overridden")
         if not isinstance(item, str) or any(c in item for c in "\r\n\0") or item != item.strip():
             raise ConfigError(name, f"the value of {key!r} must be a one-line string without surrounding spaces")
+        bad = next((i for i, c in enumerate(item) if c not in _HEADER_VALUE_CHARS), None)
+        if bad is not None:
+            # Says where, never what: the value may be a key.
+            raise ConfigError(
+                name,
+                f"the value of {key!r} has a character that cannot be sent in an HTTP header at position {bad + 1} "
+                "(only printable ASCII, spaces and tabs)",
+            )
+        register_secret(item)  # header values are often keys (X-Api-Key): kept out of every message
         headers.append((key, item))
     return tuple(headers)
 

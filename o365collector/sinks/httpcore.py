@@ -20,7 +20,10 @@ What lives here, so each sink only speaks its backend's protocol:
   3xx is permanent (redirects are not followed);
 * the retry loop: ``o365collector.retry`` per request, bounded by attempts and seconds.
 
-Messages never contain credentials, header values, record bodies, or a URL's path and query.
+Messages never contain credentials, header values, record bodies, or a URL's path and query. What a
+peer said (an error body, a reason) reaches a message only through ``excerpt``: one line, at most
+``EXCERPT_CHARS`` characters, control characters escaped, and with the values of the headers we sent
+removed, since a proxy or a receiver may echo the request back in its error page.
 """
 
 from __future__ import annotations
@@ -38,12 +41,36 @@ import requests
 from .. import __version__
 from ..envparse import Environ, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
+from ..redaction import printable, redact
 from ..retry import RetryPolicy, parse_retry_after, retrying
 
 T = TypeVar("T")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 USER_AGENT = f"o365collector/{__version__}"
+# A peer's words in a message: enough to diagnose (HEC's text, an Elasticsearch reason), too short to
+# carry a record or a page of HTML into logs and poison messages.
+EXCERPT_CHARS = 200
+# Request headers whose values say nothing secret and are too common to scrub from a peer's text
+# ("gzip", "0"); every other header we sent (Authorization, SINK_HTTP_HEADERS) is scrubbed.
+_PLAIN_HEADERS = frozenset(
+    {
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "connection",
+        "content-type",
+        "content-encoding",
+        "content-length",
+        "transfer-encoding",
+        "x-o365-tenant-id",
+        "x-o365-content-type",
+        "x-o365-content-id",
+        "x-o365-batch-index",
+    }
+)
+_SHORTEST_SCRUBBED = 4  # shorter values would garble the text and are no secret
+_EXCERPT_SCAN_CHARS = 64 * 1024  # how much of a peer's text is read to find the excerpt (bounds the work)
 
 
 def parse_url(env: Environ, name: str, hint: str) -> str:
@@ -102,9 +129,33 @@ def is_transient_status(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
-def snippet(response: requests.Response, limit: int = 200) -> str:
-    """At most ``limit`` characters of the response body on one line, as ``: text`` (empty when no body)."""
-    text = " ".join(response.content[:1024].decode("utf-8", "replace").split())[:limit]
+def excerpt(text: object, response: requests.Response | None = None, limit: int = EXCERPT_CHARS) -> str:
+    """A peer's ``text`` fit for a message: one line, at most ``limit`` characters, control characters
+    escaped, registered secrets and the values of the headers ``response``'s request carried removed."""
+    # Scrubbed before it is cut, so that no prefix of a secret survives at the cut.
+    words = " ".join(str(text)[:_EXCERPT_SCAN_CHARS].split())
+    for value in _sent_values(response):
+        words = words.replace(value, "***")
+    return printable(redact(words))[:limit]
+
+
+def _sent_values(response: requests.Response | None) -> list[str]:
+    request = response.request if response is not None else None
+    if request is None:
+        return []
+    values: set[str] = set()
+    for name, value in request.headers.items():
+        if name.lower() in _PLAIN_HEADERS:
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        values.add(text)
+        values.add(text.rpartition(" ")[2])  # the credential of "Bearer <token>", "ApiKey <key>", ...
+    return sorted((v for v in values if len(v) >= _SHORTEST_SCRUBBED), key=len, reverse=True)
+
+
+def snippet(response: requests.Response, limit: int = EXCERPT_CHARS) -> str:
+    """``excerpt`` of the response body, as ``: text`` (empty when there is no body)."""
+    text = excerpt(response.content[:_EXCERPT_SCAN_CHARS].decode("utf-8", "replace"), response, limit)
     return f": {text}" if text else ""
 
 
@@ -189,11 +240,21 @@ class HttpCore:
 
     def redirect_error(self, response: requests.Response) -> SinkPermanentError:
         location = response.headers.get("Location")
-        target = endpoint(location) if location else "an unnamed address"
+        target = printable(endpoint(location)) if location else "an unnamed address"
         return SinkPermanentError(
             f"{self.where(response)} redirecting to {target}: redirects are not followed "
             f"(set {self.target.url_setting} to the final address)"
         )
+
+    def _reason(self, causes: list[BaseException]) -> str:
+        """``root_reason`` as an ``excerpt``: http.client's BadStatusLine quotes the peer's first line, which a
+        peer echoing our request would fill with the request line, that is the URL's path and query."""
+        parsed = urlparse(self.target.url)
+        private = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        reason = root_reason(causes, limit=_EXCERPT_SCAN_CHARS)  # cut only after the scrub
+        if len(private) >= _SHORTEST_SCRUBBED:
+            reason = reason.replace(private, "***")
+        return excerpt(reason)
 
     def transport_error(self, err: requests.RequestException) -> CollectorError:
         target = self.target
@@ -205,7 +266,7 @@ class HttpCore:
                 f"trust {target.backend}'s CA with REQUESTS_CA_BUNDLE, or fix its certificate"
             )
         if isinstance(err, requests.exceptions.SSLError):
-            return SinkTransientError(f"TLS handshake with {self.endpoint} failed ({root_reason(causes)})")
+            return SinkTransientError(f"TLS handshake with {self.endpoint} failed ({self._reason(causes)})")
         if any(isinstance(c, socket.gaierror) for c in causes):
             host = urlparse(target.url).hostname
             return SinkTransientError(
@@ -221,6 +282,6 @@ class HttpCore:
                 f"{self.endpoint} did not answer within {target.timeout_seconds:g}s ({target.timeout_setting})"
             )
         if isinstance(err, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-            return SinkTransientError(f"connection to {self.endpoint} failed ({root_reason(causes)})")
+            return SinkTransientError(f"connection to {self.endpoint} failed ({self._reason(causes)})")
         # InvalidURL, InvalidHeader, ...: the request cannot be built; sending again will not help.
         return SinkPermanentError(f"request to {self.endpoint} could not be made ({type(err).__name__})")

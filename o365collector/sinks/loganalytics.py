@@ -174,9 +174,11 @@ class LogAnalyticsSinkSettings:
             client_secret_auth=auth,
             max_retries=get_int(env, "SINK_LOGANALYTICS_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0, maximum=10),
             retry_backoff_seconds=get_float(
-                env, "SINK_LOGANALYTICS_RETRY_BACKOFF_SECONDS", DEFAULT_RETRY_BACKOFF_SECONDS
+                env, "SINK_LOGANALYTICS_RETRY_BACKOFF_SECONDS", DEFAULT_RETRY_BACKOFF_SECONDS, maximum=60.0
             ),
-            timeout_seconds=get_float(env, "SINK_LOGANALYTICS_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0),
+            timeout_seconds=get_float(
+                env, "SINK_LOGANALYTICS_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0, maximum=600.0
+            ),
         )
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..envparse import Environ, get_list
+from ..envparse import Environ, Gatherer, get_list
 from ..errors import ConfigError
 from .base import SinkFactory, SinkSettings
 
@@ -38,11 +38,16 @@ def parse_sink_settings(env: Environ) -> tuple[SinkSettings, ...]:
     if not names:
         raise ConfigError("SINK_TYPE", f"is required (one of {', '.join(SINK_TYPES)}; a comma list fans out)")
     parsed: list[SinkSettings] = []
+    g = Gatherer()  # each sink's settings are read even when another sink's are wrong: all errors at once
     for name in names:
         key = name.lower()
         if key not in SINK_TYPES:
             raise ConfigError("SINK_TYPE", f"unknown sink {name!r} (expected one of {', '.join(SINK_TYPES)})")
-        if any(existing.name == key for existing in parsed):
+        if [n.lower() for n in names].count(key) > 1:
             raise ConfigError("SINK_TYPE", f"sink {name!r} is listed twice")
-        parsed.append(sink_factory(key)(env))
+        try:
+            parsed.append(sink_factory(key)(env))
+        except ConfigError as err:
+            g.errors.append(err)
+    g.raise_if_any()
     return tuple(parsed)

@@ -57,7 +57,7 @@ from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransi
 from ..models import BlobContext, Record
 from ..retry import RetryPolicy
 from .batching import Batch, Framing, iter_batches, serialize
-from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_base_url, snippet
+from .httpcore import USER_AGENT, HttpCore, Target, excerpt, is_transient_status, parse_base_url, snippet
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,18 @@ class SplunkSinkSettings:
             host=_one_line(env, "SINK_SPLUNK_HOST"),
             ack=get_bool(env, "SINK_SPLUNK_ACK", False),
             ack_timeout_seconds=get_float(
-                env, "SINK_SPLUNK_ACK_TIMEOUT_SECONDS", DEFAULT_ACK_TIMEOUT_SECONDS, minimum=1.0
+                env, "SINK_SPLUNK_ACK_TIMEOUT_SECONDS", DEFAULT_ACK_TIMEOUT_SECONDS, minimum=1.0, maximum=3600.0
             ),
             batch_max_bytes=get_int(
                 env, "SINK_SPLUNK_BATCH_MAX_BYTES", DEFAULT_BATCH_MAX_BYTES, minimum=1024, maximum=800 * 1024 * 1024
             ),
-            timeout_seconds=get_float(env, "SINK_SPLUNK_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0),
+            timeout_seconds=get_float(
+                env, "SINK_SPLUNK_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1.0, maximum=600.0
+            ),
             max_attempts=get_int(env, "SINK_SPLUNK_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20),
-            max_retry_seconds=get_float(env, "SINK_SPLUNK_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS),
+            max_retry_seconds=get_float(
+                env, "SINK_SPLUNK_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS, maximum=3600.0
+            ),
         )
 
     def create(self) -> SplunkSink:
@@ -457,5 +461,5 @@ def _said(response: requests.Response, reply: dict[str, Any] | None) -> str:
     if reply is None or code is None:
         return snippet(response)
     text = reply.get("text")
-    words = " ".join(str(text).split())[:200] if text is not None else "no text"
+    words = excerpt(text, response) if text is not None else "no text"
     return f" ({words}, code {code})"

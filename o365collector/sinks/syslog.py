@@ -10,8 +10,13 @@ record becomes one frame ``MSG-LEN SP SYSLOG-MSG``, where MSG-LEN is the length 
 * HOSTNAME = ``SINK_SYSLOG_HOSTNAME`` or this machine's name; APP-NAME = ``SINK_SYSLOG_APP_NAME``;
   PROCID = ``-`` (the NILVALUE); MSGID = the content type (``Audit.Exchange``);
 * STRUCTURED-DATA = one element naming the tenant, content id and the record's index in its content
-  blob (``SINK_SYSLOG_STRUCTURED_DATA=false`` sends ``-``); ``"``, ``\\`` and ``]`` in values are escaped;
-* MSG = the record exactly as ``batching.serialize`` writes it: compact UTF-8 JSON, without a BOM.
+  blob (``SINK_SYSLOG_STRUCTURED_DATA=false`` sends ``-``). Control characters in values are first
+  written as ``printable`` escapes (a line feed as the two characters ``\\n``), then ``"``, ``\\`` and
+  ``]`` are escaped by a backslash (RFC 5424 section 6.3.3);
+* MSG = the record as ``batching.serialize`` writes it: compact UTF-8 JSON, without a BOM. JSON
+  writes the C0 control characters in strings as escapes (``\\n``, ``\\u001b``); ``json_payload``
+  escapes the few others JSON may leave raw (DEL, C1, U+2028/U+2029). So no message, header to
+  MSG, holds a raw control character: a receiver or file that splits on lines keeps it whole.
 
 Size rule: no SYSLOG-MSG (header, structured data and JSON; not the length prefix) is longer than
 ``SINK_SYSLOG_MAX_MESSAGE_BYTES``. A record that does not fit is, by ``SINK_SYSLOG_OVERSIZE``:
@@ -21,6 +26,10 @@ Size rule: no SYSLOG-MSG (header, structured data and JSON; not the length prefi
 * ``split``: sent as numbered chunks, each a message of its own whose structured data (always present
   on chunks) adds ``part`` and ``parts``; the MSGs of parts 1..n, concatenated, are the record's JSON.
   Chunks are cut on UTF-8 character boundaries.
+
+Plain TCP sends audit records unencrypted: it is refused at start-up for any host other than
+127.0.0.1, localhost or ::1 unless ``SINK_SYSLOG_ALLOW_PLAINTEXT=true`` says the network is trusted
+(as the HTTP sinks accept plain http only for loopback).
 
 Connections: one connection, opened on first use, is reused across sends (a lock keeps concurrent
 sends from interleaving frames). Before it is reused, it is replaced if the receiver has closed it
@@ -59,7 +68,9 @@ from typing import ClassVar
 from ..envparse import Environ, get_bool, get_choice, get_float, get_int, get_str, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record, parse_api_time, utc
+from ..redaction import printable
 from .batching import serialize
+from .httpcore import LOOPBACK_HOSTS
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +128,9 @@ SEVERITIES: dict[str, int] = {
 }
 
 _PRINTUSASCII = re.compile(r"^[\x21-\x7e]+$")
+# DEL, U+0080-U+009F and U+2028/U+2029 as UTF-8: control characters JSON does not have to escape.
+# The lead bytes \xc2 and \xe2 never occur inside another character, so these never match mid-character.
+_RAW_CONTROLS = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 # SD-ID "name@enterprise-number": printable US-ASCII without '=', ' ', ']', '"', and no '@' in the name.
 _SD_NAME_FORBIDDEN = frozenset('=]" @')
 # OpenSSL reasons for "the other end does not speak TLS here".
@@ -145,6 +159,8 @@ class SyslogSinkSettings:
     severity: int = SEVERITIES[DEFAULT_SEVERITY]
     structured_data: bool = True
     sd_id: str = DEFAULT_SD_ID
+    allow_plaintext: bool = False
+    """``SINK_SYSLOG_ALLOW_PLAINTEXT``: plain TCP to a host other than loopback (a trusted network)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     oversize: str = "reject"
     ca_file: str | None = None
@@ -155,6 +171,18 @@ class SyslogSinkSettings:
     connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     send_timeout_seconds: float = DEFAULT_SEND_TIMEOUT_SECONDS
     max_idle_seconds: float = DEFAULT_MAX_IDLE_SECONDS
+
+    def __post_init__(self) -> None:
+        # Audit records name users, files and IP addresses: like plain http in the HTTP sinks, an
+        # unencrypted stream is for loopback only unless the operator says the network is trusted.
+        # Checked here, not only in from_env, so no way of building the settings can skip it.
+        if self.protocol != "tls" and not self.allow_plaintext and self.host.lower() not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                "SINK_SYSLOG_ALLOW_PLAINTEXT",
+                f"SINK_SYSLOG_PROTOCOL=tcp would send records unencrypted to {self.host!r}: use tls, or set "
+                "SINK_SYSLOG_ALLOW_PLAINTEXT=true if the network to the receiver is trusted (plain tcp is "
+                "accepted without it only for 127.0.0.1, localhost or ::1)",
+            )
 
     @classmethod
     def from_env(cls, env: Environ) -> SyslogSinkSettings:
@@ -201,6 +229,7 @@ class SyslogSinkSettings:
             severity=_code(env, "SINK_SYSLOG_SEVERITY", DEFAULT_SEVERITY, SEVERITIES, 7),
             structured_data=get_bool(env, "SINK_SYSLOG_STRUCTURED_DATA", True),
             sd_id=sd_id,
+            allow_plaintext=get_bool(env, "SINK_SYSLOG_ALLOW_PLAINTEXT", False),
             max_message_bytes=get_int(
                 env,
                 "SINK_SYSLOG_MAX_MESSAGE_BYTES",
@@ -214,12 +243,12 @@ class SyslogSinkSettings:
             client_cert_file=cert_file,
             client_key_file=key_file,
             connect_timeout_seconds=get_float(
-                env, "SINK_SYSLOG_CONNECT_TIMEOUT_SECONDS", DEFAULT_CONNECT_TIMEOUT_SECONDS, minimum=0.1
+                env, "SINK_SYSLOG_CONNECT_TIMEOUT_SECONDS", DEFAULT_CONNECT_TIMEOUT_SECONDS, minimum=0.1, maximum=600.0
             ),
             send_timeout_seconds=get_float(
-                env, "SINK_SYSLOG_SEND_TIMEOUT_SECONDS", DEFAULT_SEND_TIMEOUT_SECONDS, minimum=0.1
+                env, "SINK_SYSLOG_SEND_TIMEOUT_SECONDS", DEFAULT_SEND_TIMEOUT_SECONDS, minimum=0.1, maximum=600.0
             ),
-            max_idle_seconds=get_float(env, "SINK_SYSLOG_MAX_IDLE_SECONDS", DEFAULT_MAX_IDLE_SECONDS),
+            max_idle_seconds=get_float(env, "SINK_SYSLOG_MAX_IDLE_SECONDS", DEFAULT_MAX_IDLE_SECONDS, maximum=86400.0),
         )
 
     def create(self) -> SyslogSink:
@@ -260,8 +289,27 @@ def _machine_hostname() -> str:
 
 
 def escape_param_value(text: str) -> str:
-    """A PARAM-VALUE with ``\\``, ``"`` and ``]`` escaped by a backslash, as RFC 5424 requires."""
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+    """A PARAM-VALUE: control characters as ``printable`` escapes, then ``\\``, ``"`` and ``]`` escaped.
+
+    RFC 5424 requires only the three backslash escapes and allows control characters, but a raw line
+    feed splits the message for every receiver or file that reads lines. Written as ``\\n``, it
+    arrives as those two characters.
+    """
+    return printable(text).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def json_payload(record: Record) -> bytes:
+    """The MSG: ``serialize(record)`` with DEL, the C1 controls and U+2028/U+2029 as ``\\uXXXX`` escapes.
+
+    JSON escapes the C0 controls itself but may write these raw; some readers split lines on them
+    (NEL, LINE SEPARATOR). Only JSON strings can hold them, so the escaped text is the same JSON value.
+    """
+    payload = serialize(record)
+    return _RAW_CONTROLS.sub(_json_escape, payload) if _RAW_CONTROLS.search(payload) else payload
+
+
+def _json_escape(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match[0].decode("utf-8"))
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -421,7 +469,7 @@ class SyslogSink:
         suffix = f" {settings.hostname} {settings.app_name} - {msgid} "
         for index, record in enumerate(records):
             head = (prefix + format_timestamp(_record_time(record, self._clock)) + suffix).encode("ascii")
-            payload = serialize(record)
+            payload = json_payload(record)
             sd = self._structured_data(context, index) if settings.structured_data else b"-"
             message = head + sd + b" " + payload
             if len(message) <= settings.max_message_bytes:

@@ -1,0 +1,295 @@
+"""The command-line queue runner on Azurite: unreadable messages and slow sinks.
+
+- A message that is not base64 text is moved to the poison queue as it came, with an ERROR naming it and
+  why, while the rest of its batch ships; ``status``, ``replay-poison`` and the health function count it
+  as unreadable and never raise.
+- A sink slower than every lease: the runner keeps the messages it holds invisible (the one being
+  shipped and those waiting their turn) and the fetcher keeps its ledger claim, so no other worker
+  receives a message or ships a blob meanwhile: each record arrives once.
+- A claim lease that short is refused at start-up, naming the setting.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import pytest
+from azure.storage.queue import QueueClient
+
+from o365collector import cli
+from o365collector.azurite import Azurite
+from o365collector.config import QueueRunnerConfig, Settings
+from o365collector.errors import ConfigError
+from o365collector.fetcher import Fetcher, FetchResult, Outcome
+from o365collector.health import health_response
+from o365collector.models import FetchTask
+from o365collector.queue_runner import POISONED_MESSAGE, DrainResult, QueueRunner
+from o365collector.runtime import Collector
+from o365collector.simulator import Simulator
+from o365collector.storage import UnreadableMessage, decode_message
+from tests.receivers import HttpReceiver
+from tests.support import TENANT, EnvFactory
+
+TID = TENANT.tenant_id
+CollectorFactory = Callable[..., Collector]
+NOT_BASE64 = 'this is {"not": "base64"} at all'
+WEEK = 7 * 24 * 3600
+# Leases short enough for a test, given through the constructors (the settings allow 60 s at least).
+LEASE = dt.timedelta(seconds=3)
+
+
+class SlowReceiver(HttpReceiver):
+    """An HTTP ingest endpoint that answers a request only after ``delay`` seconds, or once released.
+
+    Every request is held, or with ``only_first`` the first one only. ``arrived`` is set when the first
+    request comes in; ``release()`` answers the held requests at once.
+    """
+
+    def __init__(self, delay: float, *, only_first: bool = False) -> None:
+        self.delay = delay
+        self.arrived = threading.Event()
+        self._only_first = only_first
+        self._go = threading.Event()
+        super().__init__(timeout=delay * 4)
+
+    def release(self) -> None:
+        self._go.set()
+
+    def close(self) -> None:
+        self._go.set()
+        super().close()
+
+    def _decide(self, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
+        first = not self.arrived.is_set()
+        self.arrived.set()
+        if first or not self._only_first:
+            self._go.wait(self.delay)
+        return super()._decide(headers)
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as server:
+        yield server
+
+
+def generate(simulator: Simulator, blobs: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    simulator.generate(
+        TID, "Audit.General", now - dt.timedelta(hours=blobs, minutes=10), now - dt.timedelta(minutes=10),
+        blob_every=dt.timedelta(hours=1), records_per_blob=(2, 6),
+    )  # fmt: skip
+    assert len(simulator.blobs(TID, "Audit.General")) == blobs
+
+
+def served(simulator: Simulator) -> Counter[str]:
+    return Counter(r["Id"] for b in simulator.blobs(TID) for r in b.records)
+
+
+def raw_client(azurite: Azurite, queue_name: str) -> QueueClient:
+    """A client that neither encodes nor decodes: it stores and shows a message's text as it is."""
+    return QueueClient.from_connection_string(azurite.connection_string, queue_name)
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+# -- decoding, one message at a time ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "text", "reason"),
+    [
+        (base64.b64encode(b'{"v": 1}').decode(), '{"v": 1}', None),
+        ("eyJ2Ijog\nMX0=", '{"v": 1}', None),  # line breaks are skipped, as the host skips them
+        (base64.b64encode("Zürich".encode()).decode(), "Zürich", None),
+        (NOT_BASE64, None, "not base64"),
+        ("eyJ2IjogMX0", None, "not base64"),  # padding missing
+        (base64.b64encode(b"\xff\xfe{}").decode(), None, "not UTF-8"),
+    ],
+)
+def test_decode_message_gives_the_text_or_says_why_it_cannot(raw: str, text: str | None, reason: str | None) -> None:
+    decoded = decode_message(raw)
+    if reason is None:
+        assert decoded == text
+        assert type(decoded) is str
+    else:
+        assert isinstance(decoded, UnreadableMessage)
+        assert decoded == raw, "an unreadable message keeps its text exactly as stored"
+        assert reason in decoded.reason
+
+
+def test_a_message_that_is_not_base64_is_poisoned_as_it_came_while_its_batch_ships(
+    simulator: Simulator,
+    receiver: HttpReceiver,
+    make_collector: CollectorFactory,
+    make_env: EnvFactory,
+    azurite: Azurite,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    generate(simulator, blobs=4)
+    settings = {"O365_CONTENT_TYPES": "Audit.General", "SINK_TYPE": "http", "SINK_URL": receiver.url}
+    collector = make_collector(**settings)
+    bad = raw_client(azurite, collector.settings.content_queue).send_message(NOT_BASE64)
+
+    with caplog.at_level(logging.ERROR, logger="o365collector"):
+        assert cli.run_once(collector) == 1, "a poisoned message fails the run"
+    shipped = Counter(r["Id"] for r in receiver.records)
+    assert shipped == served(simulator), "every good message of the batch shipped, each once"
+    raw_poison = raw_client(azurite, collector.settings.poison_queue)
+    assert [m.content for m in raw_poison.peek_messages(max_messages=32)] == [NOT_BASE64]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [e for e in errors if POISONED_MESSAGE in e and bad.id in e and "not base64" in e], errors
+
+    use_env(monkeypatch, make_env(**settings))
+    capsys.readouterr()
+    assert cli.main(["status", "--json"]) == 1  # unhealthy: a message waits in the poison queue
+    poison = orjson.loads(capsys.readouterr().out)["queues"]["poison"]
+    assert (poison["messages"], poison["unreadable"]) == (1, 1)
+
+    assert cli.main(["replay-poison", "--json"]) == 0
+    replayed = orjson.loads(capsys.readouterr().out)
+    assert (replayed["moved"], replayed["unreadable"]) == (0, 1)
+    assert [m.content for m in raw_poison.peek_messages(max_messages=32)] == [NOT_BASE64], "left exactly as it is"
+
+    status, body = health_response(lambda: collector)
+    report = orjson.loads(body)
+    assert status == 503
+    assert report["queues"]["poison"]["unreadable"] == 1
+    assert not [p for p in report["problems"] if "status unavailable" in p]
+
+
+def test_a_refused_message_counts_as_poisoned(make_collector: CollectorFactory) -> None:
+    """The handler moved a forged message to the poison queue itself and completed: the run must not pass."""
+    collector = make_collector()
+    collector.queue.send_message("forged")
+    runner = QueueRunner(
+        collector.queue,
+        collector.poison_queue,
+        lambda _body, _id, _count: FetchResult(Outcome.REFUSED),
+        collector.settings.queue_runner,
+        processing_lease=LEASE,
+    )
+    drained = runner.drain()
+    assert (drained.count(Outcome.REFUSED), drained.poisoned) == (1, 1)
+    assert collector.queue.get_queue_properties().approximate_message_count == 0
+
+
+# -- slow sinks: no redelivery while a worker holds a message ----------------------------------------------
+
+
+def worker(collector: Collector, deliveries: list[tuple[str, int]] | None = None) -> QueueRunner:
+    """A runner and fetcher as the command line wires them, with the short test leases given to both."""
+    fetcher = Fetcher(
+        ledger=collector.ledger,
+        sinks_for_tenant=collector.sinks_for,
+        api_for_tenant=collector.api,
+        claim_lease=LEASE,
+        clock=collector.clock,
+    )
+
+    def handle(body: str, message_id: str, dequeue_count: int) -> FetchResult:
+        if deliveries is not None:
+            deliveries.append((message_id, dequeue_count))
+        return fetcher.process(FetchTask.from_message(body), delivery_id=message_id)
+
+    config = QueueRunnerConfig(visibility_timeout=dt.timedelta(0), max_dequeue_count=5)
+    return QueueRunner(collector.queue, collector.poison_queue, handle, config, processing_lease=LEASE)
+
+
+def test_a_sink_slower_than_the_lease_gets_each_blob_once_and_no_message_is_redelivered(
+    simulator: Simulator, make_collector: CollectorFactory
+) -> None:
+    """Worker A takes both messages in one batch and ships each for longer than the lease; worker B polls
+    meanwhile. Neither the message being shipped nor the one waiting its turn ever reappears for B."""
+    generate(simulator, blobs=2)
+    with SlowReceiver(delay=LEASE.total_seconds() * 5 / 3) as slow, ThreadPoolExecutor(2) as pool:
+        settings = {"O365_CONTENT_TYPES": "Audit.General", "SINK_TYPE": "http", "SINK_URL": slow.url}
+        first, second = make_collector(**settings), make_collector(**settings)
+        first.run_lister()
+        deliveries: list[tuple[str, int]] = []
+        a = pool.submit(worker(first, deliveries).drain)
+        assert slow.arrived.wait(30), "worker A started shipping"
+        b = pool.submit(worker(second, deliveries).drain)
+        drained_a, drained_b = a.result(timeout=120), b.result(timeout=120)
+
+    assert Counter(r["Id"] for r in slow.records) == served(simulator)
+    assert max(Counter(r["Id"] for r in slow.records).values()) == 1
+    assert drained_a.count(Outcome.SHIPPED) == 2
+    assert drained_b.outcomes == {}, "worker B never received a message worker A held"
+    assert sorted(n for _, n in deliveries) == [1, 1], "each message was delivered once"
+
+
+def test_a_duplicate_message_arriving_while_the_blob_ships_is_skipped_because_the_claim_is_kept(
+    simulator: Simulator, make_collector: CollectorFactory
+) -> None:
+    """Two messages for one blob (an overlapping listing, a replayed copy). The copy becomes visible after
+    the claim lease: worker B must find the claim still held by worker A, and skip the blob."""
+    generate(simulator, blobs=1)
+    with SlowReceiver(delay=60, only_first=True) as slow, ThreadPoolExecutor(2) as pool:
+        settings = {"O365_CONTENT_TYPES": "Audit.General", "SINK_TYPE": "http", "SINK_URL": slow.url}
+        first, second = make_collector(**settings), make_collector(**settings)
+        first.run_lister()
+        (message,) = first.queue.peek_messages()
+        # The copy shows up once the claim, had it not been renewed, would have run out.
+        first.queue.send_message(message.content, visibility_timeout=int(LEASE.total_seconds()) + 1)
+        a = pool.submit(worker(first).drain)
+        assert slow.arrived.wait(30), "worker A started shipping"
+
+        def handled(result: DrainResult) -> None:
+            slow.release()  # worker A's answer waits until B has dealt with the copy
+
+        b = pool.submit(worker(second).drain, on_progress=handled)
+        drained_a, drained_b = a.result(timeout=120), b.result(timeout=120)
+
+    assert Counter(r["Id"] for r in slow.records) == served(simulator), "the blob arrived once"
+    assert drained_a.count(Outcome.SHIPPED) == 1
+    assert drained_b.outcomes == {Outcome.SKIPPED_BUSY.value: 1}
+
+
+# -- lease settings ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "accepted"),
+    [
+        ("O365_CLAIM_LEASE_SECONDS", "1", False),
+        ("O365_CLAIM_LEASE_SECONDS", "59", False),
+        ("O365_CLAIM_LEASE_SECONDS", "60", True),
+        ("O365_CLAIM_LEASE_SECONDS", str(WEEK), True),
+        ("O365_CLAIM_LEASE_SECONDS", str(WEEK + 1), False),
+        ("O365_QUEUE_VISIBILITY_TIMEOUT_SECONDS", str(WEEK), True),
+        ("O365_QUEUE_VISIBILITY_TIMEOUT_SECONDS", str(WEEK + 1), False),
+    ],
+)
+def test_lease_settings_stay_within_what_leases_and_the_queue_allow(
+    make_env: EnvFactory, setting: str, value: str, accepted: bool
+) -> None:
+    env = make_env(**{setting: value})
+    if accepted:
+        Settings.from_env(env)
+    else:
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env(env)
+        assert caught.value.setting == setting
+
+
+def test_a_one_second_claim_lease_is_refused_at_start_up(
+    make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_env(monkeypatch, make_env(O365_CLAIM_LEASE_SECONDS="1"))
+    assert cli.main(["run", "--once"]) == 2
+    error = capsys.readouterr().err
+    assert "O365_CLAIM_LEASE_SECONDS" in error
+    assert "60" in error
