@@ -7,37 +7,44 @@
   ``maxDequeueCount`` (host.json) the message goes to the ``-poison`` queue.
 - ``health``        (HTTP GET /api/health, function key): the ``status`` report as JSON; 200 when healthy,
   503 when offline, throttled beyond the threshold or losing data (for availability tests and uptime checkers).
+
+Each function takes the invocation ``context`` and runs inside ``invocation.tied(...)``: the worker forwards
+a log record as the invocation's only from a thread that carries its id, and the package's threads (the
+lister's pool, the content validators, lease heartbeats, sink compressors) get it from there.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
 
-from o365collector import runtime
+from o365collector import invocation, runtime
 
 app = func.FunctionApp()
 
 
 @app.function_name(name="list_content")
 @app.timer_trigger(arg_name="timer", schedule="%O365_LIST_SCHEDULE%", run_on_startup=False, use_monitor=True)
-def list_content(timer: func.TimerRequest) -> None:
-    runtime.run_lister(past_due=timer.past_due)
+def list_content(timer: func.TimerRequest, context: func.Context) -> None:
+    with invocation.tied(context.thread_local_storage, context.invocation_id):
+        runtime.run_lister(past_due=timer.past_due)
 
 
 @app.function_name(name="fetch_content")
 @app.queue_trigger(arg_name="msg", queue_name="%O365_CONTENT_QUEUE%", connection="AzureWebJobsStorage")
-def fetch_content(msg: func.QueueMessage) -> None:
-    runtime.process_message(
-        body=msg.get_body(),
-        message_id=msg.id or "",
-        dequeue_count=msg.dequeue_count or 1,
-    )
+def fetch_content(msg: func.QueueMessage, context: func.Context) -> None:
+    with invocation.tied(context.thread_local_storage, context.invocation_id):
+        runtime.process_message(
+            body=msg.get_body(),
+            message_id=msg.id or "",
+            dequeue_count=msg.dequeue_count or 1,
+        )
 
 
 @app.function_name(name="health")
 @app.route(route="health", auth_level=func.AuthLevel.FUNCTION, methods=["GET"])
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    status_code, body = runtime.health()
+def health(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    with invocation.tied(context.thread_local_storage, context.invocation_id):
+        status_code, body = runtime.health()
     return func.HttpResponse(
         body, status_code=status_code, mimetype="application/json", headers={"Cache-Control": "no-store"}
     )

@@ -31,12 +31,13 @@ import re
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, overload
 
 import orjson
 
 from .errors import ApiPermanentError, MalformedContentError
+from .invocation import TiedThreadPool
 from .models import Record
 
 # orjson reads integers beyond 64 bits as floats: above 2**64 (20+ digits), below -2**63 (19+ digits).
@@ -270,14 +271,16 @@ class ContentRecords(Sequence[Record]):
         return chunk.replace(separator, b"}" + joiner + separator[2:])
 
 
-_validators: ThreadPoolExecutor | None = None
+_validators: TiedThreadPool | None = None
 _validators_lock = threading.Lock()
 
 
-def validator_pool() -> ThreadPoolExecutor:
-    """The process's threads for background validation (a few, so one big blob never holds up another)."""
+def validator_pool() -> TiedThreadPool:
+    """The process's threads for background validation (a few, so one big blob never holds up another).
+
+    Shared by every invocation of the process, so each task is tied to the invocation that submitted it."""
     global _validators
     with _validators_lock:
         if _validators is None:
-            _validators = ThreadPoolExecutor(4, thread_name_prefix="content-validate")
+            _validators = TiedThreadPool(4, thread_name_prefix="content-validate")
         return _validators

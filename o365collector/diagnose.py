@@ -13,7 +13,9 @@ Steps, in order (a step that depends on a failed one is SKIPped, which also fail
                       instead of "Tenant … does not exist"
    ``clock``          this machine's clock is within ``MAX_CLOCK_SKEW`` of the API's ``Date`` header
 3. ``storage``        the queues and tables answer
-4. ``sink <name>``    each sink's own ``check()``
+4. ``first run``      per tenant: what the first listing run backfills for the content types that have
+                      no checkpoint yet (the lister logs the same line), always OK once storage answers
+5. ``sink <name>``    each sink's own ``check()``
 
 Nothing here changes state except starting subscriptions, and only when the admin agreed.
 """
@@ -38,13 +40,16 @@ from azure.core.exceptions import (
 )
 
 from .auth import AADSTS_HINTS, TokenProvider
-from .config import Settings, TenantConfig
+from .checkpoints import CheckpointStore
+from .config import CollectionPolicy, Settings, TenantConfig
 from .envparse import InvalidSettingsError
 from .errors import ApiTransientError, CollectorError
+from .lister import describe_first_run
 from .management_api import ManagementApiClient
 from .models import TimeWindow
 from .redaction import redact, summary
 from .storage import StorageClients
+from .windows import plan_windows
 
 # Windows are planned from this machine's clock; the API refuses starts older than 7 days and
 # spans over 24 h, and a clock running ahead lists windows the service has not filled yet.
@@ -137,7 +142,13 @@ def diagnose(
         yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); content types {', '.join(types)}; sinks {sinks}")
     for tenant in tenants:
         yield from tenant_steps(tenant, settings, confirm=confirm, clock=clock)
-    yield storage_step(settings)
+    storage = storage_step(settings)
+    yield storage
+    for tenant in tenants:
+        if storage.passed:
+            yield first_run_step(tenant, settings.policy, collector.checkpoints, clock())
+        else:
+            yield Step("first run", Verdict.SKIP, "needs storage (the checkpoints)", tenant.tenant_id)
     yield from sink_steps(settings)
 
 
@@ -331,6 +342,27 @@ def storage_step(settings: Settings, storage: StorageClients | None = None) -> S
     except Exception as err:
         return Step("storage", Verdict.FAIL, explain_storage_failure(err, settings))
     return Step("storage", Verdict.OK, "; ".join(found))
+
+
+def first_run_step(
+    tenant: TenantConfig, policy: CollectionPolicy, checkpoints: CheckpointStore, now: dt.datetime
+) -> Step:
+    """What the next listing run will backfill for the content types with no checkpoint (informational: OK)."""
+    subject = tenant.tenant_id
+    try:
+        cursors = {ct: checkpoints.get(tenant.tenant_id, ct).cursor for ct in tenant.content_types}
+    except Exception as err:
+        return Step("first run", Verdict.FAIL, f"could not read the checkpoints: {type(err).__name__}: {err}", subject)
+    new = [ct for ct, cursor in cursors.items() if cursor is None]
+    started = {ct: cursor for ct, cursor in cursors.items() if cursor is not None}
+    parts: list[str] = []
+    if new:
+        plan = plan_windows(cursor=None, now=now, policy=policy, start_time=tenant.start_time)
+        parts.append(describe_first_run(", ".join(new), tenant.start_time, plan))
+    if started:
+        oldest = min(started.values()).strftime("%Y-%m-%dT%H:%MZ")
+        parts.append(f"{', '.join(started)} resume from their checkpoints (the oldest at {oldest})")
+    return Step("first run", Verdict.OK, "; ".join(parts), subject)
 
 
 def explain_storage_failure(err: BaseException, settings: Settings) -> str:

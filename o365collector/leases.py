@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Self
 
 from .checkpoints import Claim, Ledger
+from .invocation import bind
 from .redaction import redact
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class Heartbeat:
         self._every = every
         self._name = name
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Tied to the invocation that creates it (if any): its warnings must reach Application Insights.
+        self._thread = threading.Thread(target=bind(self._run), name=name, daemon=True)
 
     def start(self) -> Self:
         self._thread.start()

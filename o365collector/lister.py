@@ -33,7 +33,7 @@ from .management_api import ManagementApiClient
 from .models import ContentBlob, FetchTask, ListingEntryError, TimeWindow
 from .redaction import printable
 from .scheduler import run_fairly
-from .windows import lag, plan_windows, relist_horizon
+from .windows import WindowPlan, lag, plan_windows, relist_horizon
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,11 @@ class Lister:
             if i < len(tenant.content_types)
         ]
         run_fairly(tasks, self._step, workers=self._concurrency, per_key_limit=self._per_tenant)
+        # The per-stream lines are logged here, on the caller's (the invocation's) own thread, not from the
+        # pool: the alerts and the guide read them, so they must reach Application Insights even where a
+        # worker thread's records could not be tied to the invocation.
+        for task in tasks:
+            self._log_stream(task.result)
         result = ListerResult([t.result for t in tasks])
         log.info(
             "%s %s",
@@ -269,7 +274,7 @@ class Lister:
             stream.error = f"{type(err).__name__}: {err}"
         stream.seconds += time.perf_counter() - started
         if not more:
-            self._finish(task, fields)
+            self._finish(task)
         return more
 
     def _sign_in(self, tenant_id: str, api: ManagementApiClient) -> None:
@@ -316,6 +321,11 @@ class Lister:
             )
         if plan.future_cursor:
             log.warning("checkpoint %s is in the future; treated as now", checkpoint.cursor, extra=fields)
+        if checkpoint.cursor is None:
+            # Said once per stream (the first window saves a checkpoint), so an operator sees how much
+            # history a new deployment fetches, and why it starts there, before the blobs arrive.
+            span = describe_first_run(stream.content_type, task.tenant.start_time, plan)
+            log.info("first run: %s", span, extra=fields)
         task.windows = plan.windows + plan.sweep
         task.sweep_from = len(plan.windows)
         if plan.sweep_due:
@@ -408,13 +418,39 @@ class Lister:
             extra=fields | {"content_id": printable(blob.content_id[:ID_CHARS])},
         )
 
-    def _finish(self, task: _StreamTask, fields: dict[str, str]) -> None:
+    def _finish(self, task: _StreamTask) -> None:
         stream = task.result
         age = lag(stream.cursor, self._clock())
         stream.lag_seconds = round(age.total_seconds(), 1) if age is not None else None
+
+    @staticmethod
+    def _log_stream(stream: StreamResult) -> None:
+        fields = {"tenant_id": stream.tenant_id, "content_type": stream.content_type}
         message = SUMMARY_MESSAGE if stream.ok else FAILED_MESSAGE
         level = logging.INFO if stream.ok else logging.ERROR
         log.log(level, "%s %s", message, orjson.dumps(stream.summary()).decode(), extra=fields)
+
+
+def describe_first_run(content_types: str, start_time: dt.datetime | None, plan: WindowPlan) -> str:
+    """What a stream with no checkpoint backfills, from its first-run plan (the lister logs it, ``check`` prints it).
+
+    With no start time set, the first window starts at the API's 7-day edge (now - 7 days + a margin).
+    """
+    if not plan.windows:  # a start time within the last few minutes: no window is ready to list yet
+        when = _minute(start_time) if start_time else "now"
+        return f"collecting {content_types} from {when} on; nothing older to backfill"
+    start = plan.windows[0].start
+    if start_time is None:
+        why = "7 days back, the API's limit"
+    elif start_time < start:
+        why = f"7 days back, the API's limit; the start time {_minute(start_time)} is older"
+    else:
+        why = f"the start time set, {(plan.windows[-1].end - start) / dt.timedelta(days=1):.1f} days back"
+    return f"backfilling {content_types} from {_minute(start)} ({why}) to now"
+
+
+def _minute(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _is_credential_error(err: CollectorError) -> bool:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
+
+from .invocation import TiedThreadPool
 
 
 class Keyed(Protocol):
@@ -71,7 +72,8 @@ def run_fairly(items: Iterable[T], step: Callable[[T], bool], *, workers: int, p
     if workers <= 1:
         worker()
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lister") as pool:
+    # Tied: the steps log each stream's summary, which must reach Application Insights as the invocation's.
+    with TiedThreadPool(max_workers=workers, thread_name_prefix="lister") as pool:
         futures = [pool.submit(worker) for _ in range(workers)]
         for future in futures:
             future.result()

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from o365collector import cli
+from o365collector.config import Settings
 from o365collector.diagnose import (
     AUDIT_OFF_HINT,
     CLOCK_HINT,
@@ -23,6 +24,7 @@ from o365collector.diagnose import (
     token_claims,
 )
 from o365collector.models import CONTENT_TYPES
+from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
@@ -61,7 +63,8 @@ def receiver() -> Iterator[HttpReceiver]:
 def test_every_step_passes_on_a_healthy_deployment(make_env: EnvFactory) -> None:
     steps = run(make_env())
     assert list(steps) == [
-        "settings", "token", "permissions", "subscriptions", "audit logging", "clock", "storage", "sink file",
+        "settings", "token", "permissions", "subscriptions", "audit logging", "clock", "storage", "first run",
+        "sink file",
     ]  # fmt: skip
     assert all(s.verdict is Verdict.OK for s in steps.values()), [s.line() for s in steps.values()]
     assert "ActivityFeed.ReadDlp" in steps["permissions"].detail
@@ -75,7 +78,7 @@ def test_cli_prints_one_line_per_step_and_exits_0_only_when_all_pass(
         monkeypatch.setenv(key, value)
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[:-1]] == ["OK"] * 8
+    assert [line.split()[0] for line in out[:-1]] == ["OK"] * 9
     assert out[-1] == "all checks passed"
 
     monkeypatch.setenv("O365_CLIENT_SECRET", "not-the-secret")
@@ -212,6 +215,7 @@ def test_unreachable_storage_fails_the_storage_step(make_env: EnvFactory) -> Non
     assert steps["storage"].verdict is Verdict.FAIL
     assert steps["storage"].detail.startswith("cannot reach the account in AzureWebJobsStorage")
     assert steps["token"].verdict is Verdict.OK
+    assert steps["first run"].verdict is Verdict.SKIP  # it reads the checkpoints
 
 
 def test_a_storage_key_that_is_wrong_is_refused(make_env: EnvFactory) -> None:
@@ -220,6 +224,45 @@ def test_a_storage_key_that_is_wrong_is_refused(make_env: EnvFactory) -> None:
     steps = run(make_env(AzureWebJobsStorage=wrong))
     assert steps["storage"].verdict is Verdict.FAIL
     assert "was refused" in steps["storage"].detail
+
+
+def test_the_first_run_step_says_what_the_first_run_backfills_and_which_streams_resume(
+    make_env: EnvFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no start time, a stream without a checkpoint starts at the API's 7-day edge (now - 7 days + 15 min):
+    `check` prints that span as an OK line; once the lister has run, the streams resume from their checkpoints."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    edge = (now - dt.timedelta(days=7) + dt.timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%MZ")
+    env = make_env(O365_START_TIME="", O365_CONTENT_TYPES="Audit.Exchange,Audit.General")
+
+    step = {s.name: s for s in diagnose(env, clock=lambda: now)}["first run"]
+    assert step.verdict is Verdict.OK
+    assert step.subject == TENANT.tenant_id
+    assert step.detail == (
+        f"backfilling Audit.Exchange, Audit.General from {edge} (7 days back, the API's limit) to now"
+    )
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["check"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if " first run " in line]
+    assert len(printed) == 1, printed
+    assert printed[0].startswith("OK    first run ["), printed
+    assert "backfilling Audit.Exchange, Audit.General from " in printed[0]
+
+    settings = Settings.from_env(env)
+    collector = Collector(settings, sinks=[], clock=lambda: now)
+    try:
+        collector.ensure_resources()
+        assert collector.lister().run().ok
+    finally:
+        collector.close()
+    later = now + dt.timedelta(minutes=5)
+    step = {s.name: s for s in diagnose(env, clock=lambda: later)}["first run"]
+    assert step.verdict is Verdict.OK
+    cursor = (now - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%MZ")  # windows end 5 min behind now
+    assert step.detail == f"Audit.Exchange, Audit.General resume from their checkpoints (the oldest at {cursor})"
+    assert "backfilling" not in step.detail
 
 
 def test_each_sink_is_checked_with_its_own_message(make_env: EnvFactory, receiver: HttpReceiver) -> None:

@@ -1,10 +1,15 @@
 """The function app in-process through the azure-functions package: bindings match the settings, and
-the timer and queue functions move real data between the simulator, Azurite and the sink."""
+the timer and queue functions move real data between the simulator, Azurite and the sink.
+
+``invoke`` calls a function the way the Python worker does: with the invocation ``context`` it builds
+(its process-wide thread-local storage, the invocation id set on the running thread for the call)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -28,6 +33,61 @@ ROOT = Path(__file__).resolve().parents[1]
 def functions() -> dict[str, Any]:
     # app.get_functions() may be called only once per FunctionApp (a second call fails on duplicate names).
     return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+# The worker's one thread-local storage for the whole process (``_invocation_id_local`` in
+# azure_functions_worker.dispatcher): every Context hands out this same object, and the worker's log
+# handler reads ``invocation_id`` from it on the thread that emits a record.
+WORKER_THREAD_LOCAL = threading.local()
+
+
+def worker_invocation_id() -> str | None:
+    """What the worker's log handler reads to tie a record to an invocation (None: not tied)."""
+    value = getattr(WORKER_THREAD_LOCAL, "invocation_id", None)
+    return str(value) if value is not None else None
+
+
+class WorkerContext(func.Context):
+    """The invocation context as the worker builds it (azure.functions exposes only the abstract class)."""
+
+    def __init__(self, function_name: str, invocation_id: str) -> None:
+        self._function_name = function_name
+        self._invocation_id = invocation_id
+
+    @property
+    def invocation_id(self) -> str:
+        return self._invocation_id
+
+    @property
+    def thread_local_storage(self) -> Any:
+        return WORKER_THREAD_LOCAL
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def function_directory(self) -> str:
+        return str(ROOT)
+
+    @property
+    def trace_context(self) -> Any:
+        raise NotImplementedError("the collector's functions do not read it")
+
+    @property
+    def retry_context(self) -> Any:
+        raise NotImplementedError("the collector's functions do not read it")
+
+
+def invoke(name: str, invocation_id: str | None = None, **bindings: Any) -> Any:
+    """Call a function's user code as the worker does for a sync function (its ``_run_sync_func``): the
+    invocation id set in the thread-local storage on the calling thread for the call, cleared after."""
+    context = WorkerContext(name, invocation_id or str(uuid.uuid4()))
+    WORKER_THREAD_LOCAL.invocation_id = context.invocation_id
+    try:
+        return functions()[name].get_user_function()(**bindings, context=context)
+    finally:
+        WORKER_THREAD_LOCAL.invocation_id = None
 
 
 def bindings(name: str) -> list[dict[str, Any]]:
@@ -96,7 +156,7 @@ def test_timer_then_queue_functions_ship_the_records(simulator: Simulator, app_e
             TENANT.tenant_id, content_type, now - dt.timedelta(hours=8), now - dt.timedelta(minutes=10),
             blob_every=dt.timedelta(hours=1),
         )  # fmt: skip
-    functions()["list_content"].get_user_function()(timer=TimerRequest(past_due=False))
+    invoke("list_content", timer=TimerRequest(past_due=False))
 
     queue = runtime.collector().queue
     handled = 0
@@ -111,7 +171,7 @@ def test_timer_then_queue_functions_ship_the_records(simulator: Simulator, app_e
                 dequeue_count=message.dequeue_count,
                 pop_receipt=message.pop_receipt,
             )
-            functions()["fetch_content"].get_user_function()(msg=host_message)
+            invoke("fetch_content", msg=host_message)
             queue.delete_message(message)
             handled += 1
     assert handled == len(simulator.blobs(TENANT.tenant_id))
@@ -132,7 +192,7 @@ def test_a_failing_stream_fails_the_timer_run_but_the_others_are_listed(
         blob_every=dt.timedelta(hours=1),
     )  # fmt: skip
     with pytest.raises(runtime.ListingFailedError, match=r"DLP\.All.*AF20023"):
-        functions()["list_content"].get_user_function()(timer=TimerRequest(past_due=True))
+        invoke("list_content", timer=TimerRequest(past_due=True))
     queued = runtime.collector().queue.get_queue_properties().approximate_message_count
     assert queued == len(simulator.blobs(TENANT.tenant_id, "Audit.Exchange"))
 
@@ -140,4 +200,4 @@ def test_a_failing_stream_fails_the_timer_run_but_the_others_are_listed(
 def test_the_queue_function_raises_so_the_host_redelivers(app_env: dict[str, str]) -> None:
     message = func.QueueMessage(id="m1", body=b'{"v": 99}')
     with pytest.raises(Exception, match="version 99 is not supported"):
-        functions()["fetch_content"].get_user_function()(msg=message)
+        invoke("fetch_content", msg=message)

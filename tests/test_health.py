@@ -27,7 +27,7 @@ from o365collector.queue_runner import DrainResult, QueueRunner
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
-from tests.test_function_app import bindings, functions
+from tests.test_function_app import bindings, invoke
 
 TID = TENANT.tenant_id
 Configure = Callable[..., dict[str, str]]
@@ -61,14 +61,14 @@ def receiver() -> Iterator[HttpReceiver]:
 
 def call_health() -> tuple[int, dict[str, Any]]:
     request = func.HttpRequest(method="GET", url="http://localhost/api/health", body=b"", params={})
-    response = functions()["health"].get_user_function()(req=request)
+    response = invoke("health", req=request)
     assert response.mimetype == "application/json"
     assert response.headers.get("Cache-Control") == "no-store"
     return response.status_code, orjson.loads(response.get_body())
 
 
 def run_timer() -> None:
-    functions()["list_content"].get_user_function()(timer=TimerRequest(past_due=False))
+    invoke("list_content", timer=TimerRequest(past_due=False))
 
 
 def run_queue() -> DrainResult:
@@ -78,7 +78,7 @@ def run_queue() -> DrainResult:
 
     def trigger(body: str, message_id: str, dequeue_count: int) -> FetchResult:
         message = HostQueueMessage(id=message_id, body=body.encode(), dequeue_count=dequeue_count)
-        functions()["fetch_content"].get_user_function()(msg=message)
+        invoke("fetch_content", msg=message)
         return FetchResult(Outcome.SHIPPED)  # the function returns nothing: it raises or it is done
 
     runner = QueueRunner(

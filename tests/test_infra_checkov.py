@@ -3,6 +3,12 @@
 scripts/checkov.sh runs checkov offline from its own virtual environment, which scripts/bootstrap.sh
 installs (pinned); the tests never install it. checkov exits 0 when it cannot parse a template, so these
 tests read the JSON summary.
+
+checkov scans every resource whatever its ``condition`` and reads ``[if(...)]`` as a plain string (it only
+substitutes a value that is a whole ``[parameters('x')]`` or ``[variables('x')]``). So besides the template
+as written, the tests scan both configurations of ``privateNetworking`` rendered by
+tests/test_infra_network.py: the default one, where the network checks are accepted findings, and the
+private one, where they must pass.
 """
 
 from __future__ import annotations
@@ -17,12 +23,24 @@ from typing import Any
 
 import pytest
 
+from tests.test_infra_network import configuration
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "checkov.sh"
 TEMPLATE = ROOT / "infra" / "azuredeploy.json"
 INFRA_README = ROOT / "infra" / "README.md"
 CHECK_ID = re.compile(r"^CKV2?_AZURE_\d+$")
+RESOURCE_TYPE = re.compile(r"^(\w+\.\w+(?:/\w+)+)\.")
 NOT_INSTALLED = 3  # scripts/checkov.sh's exit code when the bootstrap has not installed checkov
+# The checks a private-network deployment satisfies; accepted findings of the default deployment only.
+NETWORK_CHECKS = {
+    "CKV_AZURE_35": "Microsoft.Storage/storageAccounts",
+    "CKV_AZURE_59": "Microsoft.Storage/storageAccounts",
+    "CKV_AZURE_109": "Microsoft.KeyVault/vaults",
+    "CKV_AZURE_189": "Microsoft.KeyVault/vaults",
+    "CKV_AZURE_222": "Microsoft.Web/sites",
+}
+DEFAULT_ONLY = "Default configuration only"  # how infra/README.md marks those rows
 
 
 def run_checkov(*args: str, template: Path | None = None) -> dict[str, Any]:
@@ -82,20 +100,82 @@ def test_every_documented_skip_says_why() -> None:
         assert len(reason.split()) >= 8, f"{check}: give a real reason"
 
 
-def test_every_skipped_check_still_fails_without_its_skip() -> None:
-    """A skip that no longer matches a finding hides nothing: remove it from the list."""
-    venv_checkov = Path(os.environ.get("CHECKOV_VENV", ROOT / ".venv-checkov")) / "bin" / "checkov"
+@cache
+def scan_without_script_skips(template: Path, skip: frozenset[str]) -> dict[str, Any]:
+    """checkov on ``template`` skipping only ``skip``; passed checks are listed too (no --quiet)."""
     checkov_report()  # fails with the script's message when the bootstrap has not installed checkov
+    venv_checkov = Path(os.environ.get("CHECKOV_VENV", ROOT / ".venv-checkov")) / "bin" / "checkov"
+    command = [str(venv_checkov), "-f", str(template), "--framework", "arm", "--skip-download", "-o", "json"]
+    if skip:
+        command += ["--skip-check", ",".join(sorted(skip))]
     result = subprocess.run(
-        [str(venv_checkov), "-f", str(TEMPLATE), "--framework", "arm", "--skip-download", "--quiet", "-o", "json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
-        timeout=300,
-        check=False,
+        command, capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"}, timeout=300, check=False
     )
-    failed = {c["check_id"] for c in json.loads(result.stdout)["results"]["failed_checks"]}
+    assert result.returncode in (0, 1), f"checkov crashed (rc={result.returncode}): {result.stderr[-2000:]}"
+    report = dict(json.loads(result.stdout))
+    assert report["summary"]["parsing_errors"] == 0
+    return report
+
+
+def findings(report: dict[str, Any], outcome: str) -> set[tuple[str, str]]:
+    """(check id, resource type) pairs with that outcome ("passed" or "failed")."""
+    found = set()
+    for check in report["results"].get(f"{outcome}_checks", []):
+        # checkov names a resource "<type>.<name>"; the type has a dot of its own, the name may have many
+        kind = RESOURCE_TYPE.match(check["resource"])
+        assert kind, check["resource"]
+        found.add((check["check_id"], kind.group(1)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
+    """Both configurations of privateNetworking, written where checkov can read them."""
+    folder = tmp_path_factory.mktemp("configurations")
+    paths = {}
+    for private in (False, True):
+        paths[private] = folder / f"azuredeploy-private-{str(private).lower()}.json"
+        paths[private].write_text(json.dumps(configuration(private), indent=2))
+    return paths
+
+
+def default_only_skips() -> set[str]:
+    return {check for check, reason in documented_skips().items() if reason.startswith(DEFAULT_ONLY)}
+
+
+def test_every_skipped_check_still_fails_without_its_skip(rendered: dict[bool, Path]) -> None:
+    """A skip that no longer matches a finding hides nothing: remove it from the list.
+
+    Read on the default configuration as deployed: on the template as written checkov sees the
+    ``[if(...)]`` strings, and a check that only forbids one value (CKV_AZURE_59) passes on them.
+    """
+    failed = {check for check, _ in findings(scan_without_script_skips(rendered[False], frozenset()), "failed")}
     assert set(script_skip_list()) - failed == set()
+
+
+def test_default_configuration_has_no_finding_beyond_the_skip_list(rendered: dict[bool, Path]) -> None:
+    report = run_checkov(template=rendered[False])
+    failed = [(c["check_id"], c["resource"]) for c in report["results"].get("failed_checks", [])]
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["failed"] == 0, failed
+    assert report["summary"]["resource_count"] == len(configuration(False)["resources"])
+
+
+def test_private_configuration_passes_the_network_checks(rendered: dict[bool, Path]) -> None:
+    """With privateNetworking on, only the skips documented for every configuration are needed."""
+    skip = frozenset(script_skip_list()) - default_only_skips()
+    report = scan_without_script_skips(rendered[True], skip)
+    assert report["summary"]["failed"] == 0, sorted(findings(report, "failed"))
+    assert set(NETWORK_CHECKS.items()) <= findings(report, "passed")
+    assert report["summary"]["resource_count"] == len(configuration(True)["resources"])
+
+
+def test_the_skips_marked_default_only_are_exactly_the_network_checks(rendered: dict[bool, Path]) -> None:
+    """Each of them fails on the default configuration (it is needed) and passes on the private one."""
+    assert default_only_skips() == set(NETWORK_CHECKS)
+    assert set(NETWORK_CHECKS.items()) <= findings(scan_without_script_skips(rendered[False], frozenset()), "failed")
+    still_failing = findings(scan_without_script_skips(rendered[True], frozenset()), "failed")
+    assert {check for check, _ in still_failing} == set(script_skip_list()) - default_only_skips()
 
 
 def test_a_template_checkov_cannot_parse_is_reported(tmp_path: Path) -> None:

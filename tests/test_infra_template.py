@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 import pytest
 
-import o365collector
 from o365collector import fetcher, lister, queue_runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,8 +343,9 @@ def test_key_vault_authorises_with_rbac_and_stays_reachable_for_references() -> 
     vault = the_resource("Microsoft.KeyVault/vaults")["properties"]
     assert vault["enableRbacAuthorization"] is True
     assert "accessPolicies" not in vault
-    # Flex Consumption cannot resolve references to a network-restricted vault.
-    assert vault["publicNetworkAccess"] == "Enabled"
+    # Without privateNetworking the platform reaches the vault only over its public endpoint to resolve
+    # the references; with it, through the vault's private endpoint (tests/test_infra_network.py).
+    assert vault["publicNetworkAccess"] == "[if(parameters('privateNetworking'), 'Disabled', 'Enabled')]"
 
 
 # --- app settings -------------------------------------------------------------------------------------
@@ -448,24 +448,31 @@ def test_function_app_runs_python_311_on_flex_consumption() -> None:
     assert containers == ["[format('{0}/default/{1}', variables('storageName'), variables('deployContainer'))]"]
 
 
+def test_scale_out_limit_accepts_what_flex_consumption_accepts() -> None:
+    """Flex Consumption takes a maximum instance count from 1 to 1000 (it once had a floor of 40)."""
+    limit = template()["parameters"]["maximumInstanceCount"]
+    assert (limit["minValue"], limit["maxValue"]) == (1, 1000)
+    assert limit["minValue"] <= limit["defaultValue"] <= limit["maxValue"]
+    assert "40 is the lowest" not in limit["metadata"]["description"]
+
+
 def test_package_build_targets_the_runtime_the_template_declares() -> None:
     script = (ROOT / "scripts" / "package.sh").read_text()
     version = site()["properties"]["functionAppConfig"]["runtime"]["version"]
     assert f'TARGET_PYTHON="{version}"' in script
 
 
-def test_code_is_deployed_with_one_deploy_from_the_release_package() -> None:
+def test_code_is_deployed_with_one_deploy_only_when_a_release_package_is_given() -> None:
+    """The default deploys the infrastructure alone (an empty packageUri: no release needs to exist);
+    scripts/deploy.sh then deploys the code. A release asset's URL in packageUri deploys both at once."""
     (deploy,) = resources("Microsoft.Web/sites/extensions")
     assert deploy["name"] == "[format('{0}/{1}', parameters('appName'), 'onedeploy')]"
     assert deploy["properties"] == {"packageUri": "[parameters('packageUri')]", "remoteBuild": False}
     assert deploy["condition"] == "[not(empty(parameters('packageUri')))]"
     assert "[resourceId('Microsoft.Web/sites', parameters('appName'))]" in deploy["dependsOn"]
     parameters = template()["parameters"]
-    assert parameters["releaseVersion"]["defaultValue"] == o365collector.__version__
-    assert parameters["packageUri"]["defaultValue"] == (
-        "[format('https://github.com/o365-collector/o365-collector/releases/download/v{0}/o365collector-{0}.zip', "
-        "parameters('releaseVersion'))]"
-    )
+    assert "releaseVersion" not in parameters
+    assert parameters["packageUri"]["defaultValue"] == ""
     assert 'OUT="$DIST_DIR/o365collector-$VERSION.zip"' in (ROOT / "scripts" / "package.sh").read_text()
 
 
@@ -682,7 +689,13 @@ def test_example_parameters_fit_the_template_and_hold_no_secret() -> None:
 
 def test_deploy_guide_button_points_at_the_template() -> None:
     guide = DEPLOY_GUIDE.read_text()
-    button = "https://portal.azure.com/#create/Microsoft.Template/uri/" + quote(RAW_TEMPLATE_URL, safe="")
+    form = RAW_TEMPLATE_URL.replace("azuredeploy.json", "createUiDefinition.json")
+    button = (
+        "https://portal.azure.com/#create/Microsoft.Template/uri/"
+        + quote(RAW_TEMPLATE_URL, safe="")
+        + "/createUIDefinitionUri/"
+        + quote(form, safe="")
+    )
     assert f"]({button})" in guide
     assert "az deployment group create" in guide
     assert "infra/azuredeploy.json" in guide

@@ -38,7 +38,6 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +47,7 @@ import requests
 from ..content import ContentRecords
 from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError
+from ..invocation import TiedThreadPool
 from ..models import BlobContext, Record
 from ..redaction import register_secret
 from ..retry import RetryPolicy
@@ -201,7 +201,7 @@ class HttpSink:
             clock=clock,
         )
         self._endpoint = self._core.endpoint
-        self._compressor: ThreadPoolExecutor | None = None
+        self._compressor: TiedThreadPool | None = None
 
     def check(self) -> None:
         """Probe ``SINK_URL`` with HEAD (with the auth headers); it ships nothing.
@@ -314,7 +314,8 @@ class HttpSink:
         if not self._settings.gzip:
             return None
         if self._compressor is None:
-            self._compressor = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
+            # Tied per task: the sink outlives invocations, and its threads serve one after another.
+            self._compressor = TiedThreadPool(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
         return compression.compress(batch.body, GZIP_LEVEL, self._compressor)
 
     def _base_headers(self) -> dict[str, str]:
