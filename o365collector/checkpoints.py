@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -319,3 +319,17 @@ class Ledger:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             pass  # someone else holds it now; nothing to give back
+
+    def list_done(self, tenant_id: str, since: dt.datetime, until: dt.datetime) -> Iterator[dict[str, Any]]:
+        """The rows of ``tenant_id``'s blobs shipped (``done``) and created in ``[since, until)``, for ``run --resend``.
+
+        The service filters on the partition, the state and ``ContentCreated``; rows come page by page,
+        in the table's order (not by time), with only the properties a resend reads.
+        """
+        rows = self._table.query_entities(
+            "PartitionKey eq @tenant and State eq 'done' and ContentCreated ge @since and ContentCreated lt @until",
+            parameters={"tenant": tenant_id, "since": utc(since), "until": utc(until)},
+            select=["ContentId", "ContentType", "ContentCreated", "Records"],
+        )
+        for row in rows:
+            yield dict(row)

@@ -3,6 +3,7 @@
 - ``run --once``   list every tenant/content type, then ship the queue until it is empty; exit 0 only
                    when everything listed was shipped (a summary says what failed otherwise)
 - ``run``          the same in a loop, for a VM or a container
+- ``run --resend --since T``   send again what the ledger has as shipped in a span (see ``resend``)
 - ``subscriptions list|start|stop``   the tenant's Management Activity API subscriptions
 - ``check``        diagnose settings, token, permissions, subscriptions, audit logging, clock, storage, sinks
 - ``status``       per tenant and content type: checkpoint, lag, last run and error, poisoned and expired blobs
@@ -15,14 +16,18 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any, Self
 
+from . import __version__
 from .config import Settings
 from .envparse import InvalidSettingsError
 from .errors import CollectorError
@@ -32,7 +37,7 @@ from .models import CONTENT_TYPES
 from .queue_runner import DrainResult, QueueRunner
 from .redaction import describe, install_log_redaction, redact
 from .runtime import Collector, quiet_sdk_loggers
-from .telemetry import ShipTally, log_run_summary
+from .telemetry import HideSummaryLines, ShipTally, log_run_summary
 
 log = logging.getLogger("o365collector")
 
@@ -42,44 +47,126 @@ MAX_LISTING_PASSES = 1000  # each pass completes at least one window; a 7-day ba
 
 
 class Progress:
-    """Prints progress lines at most every few seconds: windows, blobs, records, rate."""
+    """Progress lines for a person watching: at most every few seconds, and at once when a new error comes.
 
-    def __init__(self, out: logging.Logger) -> None:
+    The shipping line has totals and an ETA: the blobs the listing enqueued against the blobs the
+    queue runner has finished, and the time left at the rate so far. When the runner is idle it says
+    what it waits for (messages put back after a failure, and when the first is visible again).
+    """
+
+    def __init__(self, out: logging.Logger, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._out = out
-        self._started = time.monotonic()
+        self._monotonic = monotonic
+        self._started = monotonic()
         self._last = 0.0
+        self._last_error: str | None = None
         self.windows = 0
-        self.enqueued = 0
+        self.total = 0  # blobs the listing enqueued this pass
 
     def on_window(self, stream: StreamResult) -> None:
         self.windows += 1
         if self._due():
             self._out.info("listing: %d windows done, %d blobs enqueued so far", self.windows, stream.blobs_enqueued)
 
+    def start_shipping(self, enqueued: int, queued: int = 0) -> None:
+        """``enqueued`` by this listing; ``queued``: the queue's (approximate) length, earlier passes' blobs too."""
+        self.total = max(enqueued, queued)
+        self._started = self._monotonic()
+
     def on_drain(self, drained: DrainResult) -> None:
-        if self._due():
-            elapsed = max(time.monotonic() - self._started, 1e-6)
-            self._out.info(
-                "shipping: %d blobs shipped, %d records (%.0f records/s), %d failures so far",
-                drained.count(Outcome.SHIPPED),
-                drained.records,
-                drained.records / elapsed,
-                drained.failures,
-            )
+        new_error = drained.last_error is not None and drained.last_error != self._last_error
+        self._last_error = drained.last_error
+        if self._due() or new_error:
+            self._out.info("shipping: %s", self.describe(drained))
+
+    def describe(self, drained: DrainResult) -> str:
+        elapsed = max(self._monotonic() - self._started, 1e-6)
+        done = drained.completed - drained.deferred  # a deferred blob is back on the queue, not done
+        total = max(self.total, done)  # the queue may hold blobs an earlier run enqueued
+        parts = [f"{done}/{total} blobs ({100 * done // total if total else 100}%)"]
+        parts.append(f"{drained.records} records ({drained.records / elapsed:.0f} records/s)")
+        if 0 < done < total:
+            parts.append(f"ETA {format_seconds((total - done) * elapsed / done)}")
+        text = ", ".join(parts)
+        if drained.last_error is not None:
+            text += f"; {problems(drained)}, last error: {drained.last_error}"
+        if drained.waiting:
+            text += f"; {plural(drained.waiting, 'message')} in flight"
+            if drained.visible_again is not None:
+                text += f", visible again at {drained.visible_again.astimezone():%H:%M:%S}"
+        return text
 
     def _due(self) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._last >= PROGRESS_EVERY_SECONDS:
             self._last = now
             return True
         return False
 
 
-def list_all(collector: Collector, progress: Progress) -> ListerResult:
-    """Run the lister until no window is left (each pass is bounded by the run budget)."""
+def problems(drained: DrainResult) -> str:
+    """What went wrong in a drain ("3 failures, 2 deferred"), for the human lines."""
+    parts = [plural(drained.failures, "failure")] if drained.failures else []
+    parts += [f"{drained.deferred} deferred"] if drained.deferred else []
+    return ", ".join(parts) or "no failures"
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class StopRequest:
+    """SIGINT and SIGTERM for ``run``: the first asks to stop after the current blob, the second exits at once.
+
+    The current blob is finished (or, not begun, its message made visible again) and the summary printed.
+    A second signal ends the process without that: a blob being shipped is delivered again later, which
+    the ledger makes harmless (at-least-once).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():  # only there can Python install handlers
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:
+            print(f"signal {signum} received again: exiting now", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        log.info("signal %d received: finishing the current step, then stopping (again to exit at once)", signum)
+
+
+def list_all(
+    collector: Collector, progress: Progress, *, should_stop: Callable[[], bool] = lambda: False
+) -> ListerResult:
+    """Run the lister until no window is left (each pass is bounded by the run budget) or a stop is asked."""
     combined = ListerResult()
     by_stream: dict[tuple[str, str], StreamResult] = {}
     for _ in range(MAX_LISTING_PASSES):
+        if should_stop():
+            break
         result = collector.lister(on_window=progress.on_window).run()
         collector.record_listing(result)
         for stream in result.streams:
@@ -99,22 +186,44 @@ def queue_runner(collector: Collector, tally: ShipTally) -> QueueRunner:
     return QueueRunner(
         collector.queue,
         collector.poison_queue,
-        tally.wrap(lambda body, message_id, _count: collector.process_message(body, message_id=message_id)),
+        # The dequeue count lets the handler defer, not poison, a transient failure on the last delivery.
+        tally.wrap(
+            lambda body, message_id, count: collector.process_message(
+                body, message_id=message_id, dequeue_count=count
+            )
+        ),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )
 
 
 def run_once(collector: Collector, *, drain_seconds: float | None = None) -> int:
+    """One pass. Exit 0 when everything listed was shipped, 1 otherwise, 128 + the signal when stopped."""
+    with StopRequest() as stop:
+        return _run_once(collector, stop, drain_seconds)
+
+
+def _run_once(collector: Collector, stop: StopRequest, drain_seconds: float | None) -> int:
     started = time.monotonic()
     progress = Progress(log)
     collector.ensure_resources()
-    listed = list_all(collector, progress)
+    listed = list_all(collector, progress, should_stop=stop)
     tally = ShipTally()
     runner = queue_runner(collector, tally)
-    drained = runner.drain(max_seconds=drain_seconds, on_progress=progress.on_drain)
+    progress.start_shipping(listed.blobs_enqueued, queued(collector))
+    drained = runner.drain(
+        max_seconds=drain_seconds, on_progress=progress.on_drain, on_idle=progress.on_drain, should_stop=stop
+    )
     log_run_summary(listed, tally, time.monotonic() - started)
-    return report(listed, drained, time.monotonic() - started)
+    code = report(listed, drained, time.monotonic() - started)
+    if stop.signum is not None:
+        print(
+            f"STOPPED by signal {stop.signum}: {drained.completed} of {listed.blobs_enqueued} blobs handled; "
+            "the rest stay on the queue for the next run",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
+    return code
 
 
 def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
@@ -132,43 +241,98 @@ def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
         f"skipped {drained.count(Outcome.SKIPPED_DONE) + drained.count(Outcome.SKIPPED_BUSY)} already shipped; "
         f"lost at source {lost}; poisoned {drained.poisoned}; in {seconds:.1f}s"
     )
+    if drained.last_error is not None:
+        print(f"{problems(drained)}; the last error: {drained.last_error}", file=sys.stderr)
     for stream in failed:
         print(f"FAILED {stream.tenant_id} {stream.content_type}: {redact(stream.error or '')}", file=sys.stderr)
     if drained.timed_out:
         print("FAILED: the queue was not empty when the time limit was reached", file=sys.stderr)
-    ok = not failed and lost == 0 and drained.poisoned == 0 and not drained.timed_out
+    ok = not failed and lost == 0 and drained.poisoned == 0 and not drained.timed_out and not drained.stopped
     return 0 if ok else 1
 
 
+def banner(collector: Collector, interval: float) -> str:
+    """What the loop will collect, said once at start-up."""
+    tenants = collector.tenants()
+    names = ", ".join(t.tenant_id for t in tenants[:3]) + (", ..." if len(tenants) > 3 else "")
+    content_types = sorted({c for t in tenants for c in t.content_types})
+    sinks = ", ".join(s.name for s in collector.sinks) or "none"
+    return (
+        f"collector starting: {plural(len(tenants), 'tenant')} ({names}); "
+        f"content types {', '.join(content_types) or 'none'}; sinks {sinks}; "
+        f"a pass every {format_seconds(interval)}; Ctrl-C or SIGTERM stops after the current blob"
+    )
+
+
+def queued(collector: Collector) -> int:
+    """The content queue's approximate length (visible or not); 0 when storage does not say."""
+    try:
+        return collector.queue.get_queue_properties().approximate_message_count or 0
+    except Exception as err:  # only a progress figure: never fail a run for it
+        log.debug("could not read the queue length: %s", err)
+        return 0
+
+
+def pass_summary(number: int, listed: ListerResult, drained: DrainResult, seconds: float, next_in: float | None) -> str:
+    """One human line per pass of the loop (the JSON lines are for Application Insights)."""
+    failed = [s for s in listed.streams if not s.ok]
+    text = (
+        f"pass {number} done in {seconds:.1f} s: {plural(len(listed.streams), 'stream')} listed"
+        + (f" ({len(failed)} failed)" if failed else "")
+        + f", {listed.blobs_enqueued} blobs enqueued; shipped {drained.count(Outcome.SHIPPED)} blobs "
+        f"({drained.records} records)"
+    )
+    if drained.last_error is not None:
+        text += f", {problems(drained)} (last error: {drained.last_error})"
+    for stream in failed:
+        text += f"; FAILED {stream.content_type} of {stream.tenant_id}: {redact(stream.error or '')}"
+    if next_in is not None:  # None: stopping
+        text += f"; next pass in {format_seconds(next_in)}" if next_in > 0 else "; next pass now"
+    return text
+
+
 def run_forever(collector: Collector, interval: float) -> int:
-    stop = {"now": False}
+    """Pass after pass until a signal; exit 0 after stopping on one (the normal end of a service)."""
+    with StopRequest() as stop:
+        return _run_forever(collector, interval, stop)
 
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d received: finishing the current step, then stopping", signum)
-        stop["now"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+def _run_forever(collector: Collector, interval: float, stop: StopRequest) -> int:
     collector.ensure_resources()
+    log.info("%s", banner(collector, interval))
     tally = ShipTally()
     runner = queue_runner(collector, tally)
-    while not stop["now"]:
+    passes = 0
+    while not stop():
         cycle_start = time.monotonic()
+        passes += 1
         try:
             listed = collector.run_lister()
-            runner.drain(max_seconds=interval, should_stop=lambda: stop["now"])
+            progress = Progress(log)
+            progress.start_shipping(listed.blobs_enqueued, queued(collector))
+            drained = runner.drain(
+                max_seconds=interval, on_progress=progress.on_drain, on_idle=progress.on_drain, should_stop=stop
+            )
             log_run_summary(listed, tally, time.monotonic() - cycle_start)
             tally.reset()
+            elapsed = time.monotonic() - cycle_start
+            healthy = drained.last_error is None and all(s.ok for s in listed.streams)
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(level, "%s", pass_summary(passes, listed, drained, elapsed, None if stop() else interval - elapsed))
         except CollectorError as err:
             log.error("cycle failed: %s", err)
         remaining = interval - (time.monotonic() - cycle_start)
-        while remaining > 0 and not stop["now"]:
+        while remaining > 0 and not stop():
             time.sleep(min(remaining, 1.0))
             remaining = interval - (time.monotonic() - cycle_start)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .resend import cmd_resend, wants_resend
+
+    if wants_resend(args):  # its own job: reads the ledger, fetches and sends directly, no queue
+        return cmd_resend(args)
     collector = Collector(Settings.from_env(os.environ))
     try:
         if args.once:
@@ -178,9 +342,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         collector.close()
 
 
+STOP_WARNING = (
+    "stopping a subscription loses data: nothing is listed until it is started again, and content from the "
+    "stopped period can never be retrieved"
+)
+
+
+def refuse_stop(args: argparse.Namespace, tenants: int) -> int | None:
+    """None when the stop may go ahead: ``--yes``, or a yes typed at a terminal. Otherwise the exit code:
+    2 without a terminal (a script must say ``--yes``), 1 when the admin answered no."""
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        print(f"error: {STOP_WARNING}; pass --yes to stop without a question", file=sys.stderr)
+        return 2
+    what = ", ".join(args.content_type) if args.content_type else "every configured content type"
+    if input(f"{STOP_WARNING}. Stop {what} for {tenants} tenant(s)? [y/N] ").strip().lower() in ("y", "yes"):
+        return None
+    print("nothing was stopped", file=sys.stderr)
+    return 1
+
+
 def cmd_subscriptions(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     collector = Collector(settings, sinks=[])
+    if args.action == "stop":
+        refused = refuse_stop(args, len(collector.tenants()))
+        if refused is not None:
+            return refused
     status = 0
     for tenant in collector.tenants():
         api = collector.api(tenant.tenant_id)
@@ -224,27 +413,117 @@ def content_type_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown content type {text!r} (expected one of {', '.join(CONTENT_TYPES)})")
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulator.cli import run
+# Left out of the deployment zip (scripts/package.sh): only the simulate and demo commands need them.
+LOCAL_ONLY_MODULES = ("o365collector.simulator", "o365collector.demo")
 
+
+def left_out(err: ModuleNotFoundError) -> bool:
+    """Whether ``err`` names a local-only module, missing because this is the deployment package."""
+    return err.name is not None and err.name.startswith(LOCAL_ONLY_MODULES)
+
+
+def cmd_left_out(args: argparse.Namespace) -> int:
+    print(
+        f"error: '{args.command}' is not part of this install: the deployment package leaves out the simulator "
+        "and the demo. Run it from a source checkout or a 'pip install' of the project.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    try:
+        from .simulator.cli import run
+    except ModuleNotFoundError as err:
+        if not left_out(err):
+            raise
+        return cmd_left_out(args)
     return run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    try:
+        from .demo import run_demo
+    except ModuleNotFoundError as err:
+        if not left_out(err):
+            raise
+        return cmd_left_out(args)
+    return run_demo(days=args.days, output=args.output, keep_running=args.keep_running)
 
-    return run_demo(days=args.days, output=args.output)
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether --help should say this option's default: not for a flag's False, an unset value or an empty list."""
+    default = action.default
+    # `is`, not `in`: a default of 0 or 0.0 equals False and is worth showing.
+    if default is None or default is False or default == argparse.SUPPRESS:
+        return False
+    return not (isinstance(default, list | tuple) and not default)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m o365collector", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    commands = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it or there is none to say."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.option_strings and shows_default(action) and "default" not in (action.help or "").lower():
+            action = copy.copy(action)  # the parser's own action keeps its text; only this rendering changes
+            action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+        return super()._format_action(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults; sub-parsers are made of the parent's class, so theirs do too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def describe_commands(parser: argparse.ArgumentParser) -> None:
+    """Give each sub-command's own --help the one-line help its parent lists it with (unless it has its own)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = helps[name]
+                describe_commands(sub)
+
+
+def default_prog() -> str:
+    # Installed, the console script is `o365collector`; from a checkout or the zip, `python -m o365collector`.
+    return "o365collector" if os.path.basename(sys.argv[0]) == "o365collector" else "python -m o365collector"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog or default_prog(),
+        description="The operator's command line for the Office 365 audit-log collector: collect, check the "
+        "deployment, see its status, manage subscriptions and tenants, try it locally.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="the lowest level logged"
+    )
+    parser.add_argument(
+        "--json-logs",
+        action="store_true",
+        help="print the JSON summary lines on a terminal too (always printed elsewhere)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="collect: list, queue, fetch, ship")
     run.add_argument("--once", action="store_true", help="one pass: list everything, ship until the queue is empty")
     run.add_argument("--interval", type=float, default=300.0, help="seconds between passes without --once")
     run.add_argument("--max-seconds", type=float, default=None, help="with --once: give up shipping after this long")
+    from .resend import time_arg
+
+    resend = run.add_argument_group("resend", "send again what the ledger has as shipped, to a new or rebuilt sink")
+    resend.add_argument("--resend", action="store_true", help="fetch and send again the blobs shipped in a span")
+    resend.add_argument("--since", type=time_arg, help="required: content created at or after (ISO 8601; UTC)")
+    resend.add_argument("--until", type=time_arg, help="content created before (ISO 8601; default: now)")
+    resend.add_argument("--sink", help="only this sink of SINK_TYPE (default: every sink)")
+    resend.add_argument("--tenant", action="append", help="only this tenant (repeatable; default: all)")
+    resend.add_argument("--dry-run", action="store_true", help="print what would be resent, send nothing")
     run.set_defaults(func=cmd_run)
 
     subs = commands.add_parser("subscriptions", help="list, start or stop the API subscriptions")
@@ -252,16 +531,27 @@ def build_parser() -> argparse.ArgumentParser:
     subs.add_argument(
         "--content-type", action="append", type=content_type_arg, help="repeatable; default: all configured"
     )
+    subs.add_argument("--yes", action="store_true", help="stop without asking (needed without a terminal)")
     subs.set_defaults(func=cmd_subscriptions)
 
     from .ops_cli import add_operator_commands
 
     add_operator_commands(commands)
 
-    from .simulator.cli import add_arguments
-
-    simulate = commands.add_parser("simulate", help="serve a local Management Activity API with generated data")
-    add_arguments(simulate)
+    try:
+        from .simulator.cli import add_arguments
+    except ModuleNotFoundError as err:
+        if not left_out(err):
+            raise
+        # The deployment package: the command stays listed, takes any arguments (no option is recognised
+        # with a prefix character that never occurs) and says why it cannot run, instead of a usage error.
+        simulate = commands.add_parser(
+            "simulate", help="not in this install (the deployment package)", prefix_chars="\0", add_help=False
+        )
+        simulate.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
+    else:
+        simulate = commands.add_parser("simulate", help="serve a local Management Activity API with generated data")
+        add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
     from . import tenants_cli
@@ -273,14 +563,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a complete local run: Azurite + simulator + collector + file sink")
     demo.add_argument("--days", type=float, default=2.0, help="days of simulated history to collect")
     demo.add_argument("--output", default="demo-output", help="folder for the shipped NDJSON files")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the run, print every setting and keep Azurite and the simulator up until Ctrl-C",
+    )
     demo.set_defaults(func=cmd_demo)
+    describe_commands(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, isatty: Callable[[], bool] | None = None) -> int:
     args = build_parser().parse_args(argv)
     install_log_redaction()  # before the first record: every logger's messages pass it
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.json_logs and (isatty or sys.stderr.isatty)():
+        # A person at a terminal reads the human lines; the JSON ones are for Application Insights.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(HideSummaryLines())
     if args.log_level != "DEBUG":  # asked for DEBUG, the SDKs' records are wanted too (redacted like ours)
         quiet_sdk_loggers()
     try:

@@ -18,6 +18,7 @@ from .envparse import (
     Environ,
     Gatherer,
     Secret,
+    get_bool,
     get_choice,
     get_datetime,
     get_https_url,
@@ -174,6 +175,20 @@ class QueueRunnerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferralConfig:
+    """How a blob rides out a failing sink or API (o365collector.deferral) and when poison is replayed."""
+
+    # The longest wait between two attempts of a deferred blob. An hour keeps a sink's maintenance
+    # window of hours to a few dozen attempts per blob, and a recovered sink gets its backlog within the hour.
+    backoff_max: dt.timedelta = dt.timedelta(minutes=60)
+    # Replay the poison queue by itself once every sink's check() passes again.
+    auto_replay: bool = True
+    # At most one such try (the sinks' checks, then the replay) per interval, so a flapping sink or a
+    # message that fails for a reason no check sees (a permission at the API) does not loop.
+    auto_replay_interval: dt.timedelta = dt.timedelta(minutes=30)
+
+
+@dataclass(frozen=True, slots=True)
 class HealthPolicy:
     """When the ``health`` function and ``status`` call the collector unhealthy."""
 
@@ -237,6 +252,7 @@ class Settings:
     list_schedule: str = DEFAULT_SCHEDULE
     """The lister timer's NCRONTAB (the Functions host reads the setting itself; checked here so a bad
     one is reported by ``check`` and at start-up instead of the timer silently never firing)."""
+    deferral: DeferralConfig = field(default_factory=DeferralConfig)
     message_key: Secret | None = None
     """When set, the lister signs each queue message (HMAC-SHA256) and the fetcher refuses unsigned or
     wrongly signed ones to the poison queue: only holders of the key can have a blob fetched."""
@@ -303,6 +319,16 @@ class Settings:
             ),
             list_schedule=g.read(lambda: schedule_from_env(env), DEFAULT_SCHEDULE),
             message_key=g.read(lambda: message_key_from_env(env), None),
+            deferral=DeferralConfig(
+                # Up to a day: a blob's 7-day retention must leave room for several attempts after recovery.
+                backoff_max=dt.timedelta(
+                    minutes=g.get_int(env, "O365_SINK_BACKOFF_MAX_MINUTES", 60, minimum=1, maximum=24 * 60)
+                ),
+                auto_replay=g.read(lambda: get_bool(env, "O365_AUTO_REPLAY_POISON", True), True),
+                auto_replay_interval=dt.timedelta(
+                    minutes=g.get_int(env, "O365_AUTO_REPLAY_INTERVAL_MINUTES", 30, minimum=1, maximum=24 * 60)
+                ),
+            ),
         )
         g.raise_if_any()
         return settings
@@ -321,12 +347,13 @@ def tenant_from_env(env: Environ, *, now: dt.datetime | None = None) -> TenantCo
         "",
     )
     certificate = get_str(env, "O365_CLIENT_CERTIFICATE_PATH")
-    secret = get_secret(env, "O365_CLIENT_SECRET")
+    known = len(g.errors)
+    secret = g.read(lambda: get_secret(env, "O365_CLIENT_SECRET"), None)  # e.g. an unresolved Key Vault reference
     credential: CredentialConfig
     if certificate is not None:
         credential = CertificateCredentialConfig(client_id, certificate)
     else:
-        if secret is None:
+        if secret is None and len(g.errors) == known:  # set but unusable is already reported
             g.errors.append(
                 ConfigError(
                     "O365_CLIENT_SECRET",

@@ -18,7 +18,7 @@ from .config import Settings
 from .models import CONTENT_TYPES
 from .runtime import Collector
 from .simulator import Simulator, SimulatorConfig, TenantSpec
-from .simulator.cli import demo_environment
+from .simulator.cli import demo_environment, print_environment, storage_environment, wait_for_signal
 
 DEMO_TENANT = TenantSpec(
     tenant_id="5b7c3a1e-8d2f-4e6a-9c0b-1a2b3c4d5e6f",
@@ -40,7 +40,9 @@ def count_output(folder: Path) -> Counter[str]:
     return counts
 
 
-def run_demo(*, days: float, output: str) -> int:
+def run_demo(*, days: float, output: str, keep_running: bool = False) -> int:
+    """``keep_running``: after the run, print every setting and keep Azurite and the simulator up until
+    Ctrl+C, so ``check``, ``status`` and ``run`` can be explored against the demo's state."""
     out = Path(output).resolve()
     now = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="o365-demo-") as scratch:
@@ -58,13 +60,14 @@ def run_demo(*, days: float, output: str) -> int:
                     records_per_blob=(1, 40),
                 )
             sim.start()
-            env = demo_environment(sim, DEMO_TENANT) | {
-                "AzureWebJobsStorage": azurite.connection_string,
-                "SINK_TYPE": "file",
-                "SINK_FILE_DIR": str(out),
-                "O365_START_TIME": (now - dt.timedelta(days=days)).isoformat(),
-                "O365_RETRY_BACKOFF_SECONDS": "0.2",
-            }
+            env = (
+                demo_environment(sim, DEMO_TENANT)
+                | storage_environment(azurite, out)
+                | {
+                    "O365_START_TIME": (now - dt.timedelta(days=days)).isoformat(),
+                    "O365_RETRY_BACKOFF_SECONDS": "0.2",
+                }
+            )
             # requests and azure-identity read the simulator's CA bundle from the environment.
             os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
             print(f"demo: simulator at {sim.api_url}, Azurite on 127.0.0.1, {days:g} days of history")
@@ -76,6 +79,10 @@ def run_demo(*, days: float, output: str) -> int:
             expected = Counter(
                 {ct: sum(len(b.records) for b in sim.blobs(DEMO_TENANT.tenant_id, ct)) for ct in CONTENT_TYPES}
             )
+            if keep_running:
+                print_environment(env)
+                print("demo: Azurite and the simulator keep running; Ctrl+C to stop", flush=True)
+                wait_for_signal()
         finally:
             sim.stop()
             azurite.stop()

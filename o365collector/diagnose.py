@@ -4,6 +4,9 @@ Steps, in order (a step that depends on a failed one is SKIPped, which also fail
 
 1. ``settings``       the app settings parse (the error names the setting at fault)
 2. per tenant:
+   ``certificate``    (certificate credentials only) the PEM file is readable, holds a private key and the
+                      certificate that matches it, and has not expired (its expiry is shown; WARN under
+                      ``CERTIFICATE_WARN_DAYS``)
    ``token``          a token is obtained; AADSTS errors are translated (wrong or expired secret,
                       wrong tenant, app not found)
    ``permissions``    the token's ``roles`` claim holds ActivityFeed.Read, and ActivityFeed.ReadDlp
@@ -16,6 +19,10 @@ Steps, in order (a step that depends on a failed one is SKIPped, which also fail
 4. ``first run``      per tenant: what the first listing run backfills for the content types that have
                       no checkpoint yet (the lister logs the same line), always OK once storage answers
 5. ``sink <name>``    each sink's own ``check()``
+
+A tenant from ``O365_TENANTS`` or the tenant table is named by its entry in the hints
+(``O365_TENANTS[1].tenantId``, the entry's ``setting:`` secret), not by the single-tenant settings.
+WARN is a pass that wants attention soon.
 
 Nothing here changes state except starting subscriptions, and only when the admin agreed.
 """
@@ -38,11 +45,13 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from .auth import AADSTS_HINTS, TokenProvider
+from .auth import AADSTS_HINTS, TokenProvider, read_certificate
 from .checkpoints import CheckpointStore
-from .config import CollectionPolicy, Settings, TenantConfig
-from .envparse import InvalidSettingsError
+from .config import CertificateCredentialConfig, CollectionPolicy, Settings, TenantConfig
+from .envparse import Environ, InvalidSettingsError, get_str
 from .errors import ApiTransientError, CollectorError
 from .lister import describe_first_run
 from .management_api import ManagementApiClient
@@ -54,6 +63,8 @@ from .windows import plan_windows
 # Windows are planned from this machine's clock; the API refuses starts older than 7 days and
 # spans over 24 h, and a clock running ahead lists windows the service has not filled yet.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+# A certificate that expires stops every sign-in at once: warn while there is time to roll it.
+CERTIFICATE_WARN_DAYS = 30
 READ_ROLE = "ActivityFeed.Read"
 DLP_ROLE = "ActivityFeed.ReadDlp"
 DLP_TYPE = "DLP.All"
@@ -79,6 +90,7 @@ CLOCK_HINT = (
 
 class Verdict(StrEnum):
     OK = "OK"
+    WARN = "WARN"
     FAIL = "FAIL"
     SKIP = "SKIP"
 
@@ -97,7 +109,7 @@ class Step:
 
     @property
     def passed(self) -> bool:
-        return self.verdict is Verdict.OK
+        return self.verdict in (Verdict.OK, Verdict.WARN)
 
     def line(self) -> str:
         label = f"{self.name} [{self.subject}]" if self.subject else self.name
@@ -141,7 +153,9 @@ def diagnose(
         sinks = ", ".join(s.name for s in settings.sinks)
         yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); content types {', '.join(types)}; sinks {sinks}")
     for tenant in tenants:
-        yield from tenant_steps(tenant, settings, confirm=confirm, clock=clock)
+        names = entry_names(env, tenant.tenant_id)
+        for step in tenant_steps(tenant, settings, confirm=confirm, clock=clock):
+            yield dataclasses.replace(step, detail=rename_settings(step.detail, names)) if names else step
     storage = storage_step(settings)
     yield storage
     for tenant in tenants:
@@ -160,6 +174,14 @@ def tenant_steps(
 ) -> Iterator[Step]:
     subject = tenant.tenant_id
     dependent = ("permissions", "subscriptions", "audit logging", "clock")
+    if isinstance(tenant.credential, CertificateCredentialConfig):
+        certificate = certificate_step(tenant, tenant.credential, clock())
+        yield certificate
+        if not certificate.passed:
+            yield from (
+                Step(name, Verdict.SKIP, "needs a usable certificate", subject) for name in ("token", *dependent)
+            )
+            return
     try:
         tokens = TokenProvider(tenant)
         token = tokens.get_token()
@@ -192,6 +214,121 @@ def tenant_steps(
     yield step
     yield audit_step(api, tenant, enabled, server_now or after)
     yield clock_step(server_now, before + (after - before) / 2, subject)
+
+
+def certificate_step(tenant: TenantConfig, cred: CertificateCredentialConfig, now: dt.datetime) -> Step:
+    """The PEM is readable (with the same caps as sign-in), holds a private key and its certificate, in date."""
+    subject = tenant.tenant_id
+    try:
+        pem = read_certificate(cred, tenant_id=tenant.tenant_id)
+    except CollectorError as err:
+        return Step("certificate", Verdict.FAIL, str(err), subject)
+    setting = "O365_CLIENT_CERTIFICATE_PATH" if cred.folder is None else "O365_CERTIFICATE_DIR"
+    where = f"{setting}: {cred.certificate_path!r}"
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        return Step(
+            "certificate",
+            Verdict.FAIL,
+            f"{where}: the private key is encrypted (export it without a password)",
+            subject,
+        )
+    except ValueError:
+        return Step(
+            "certificate",
+            Verdict.FAIL,
+            f"{where}: no private key in PEM form (expected -----BEGIN PRIVATE KEY----- and the certificate, "
+            "in one file)",
+            subject,
+        )
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        return Step(
+            "certificate",
+            Verdict.FAIL,
+            f"{where}: no certificate in PEM form (expected -----BEGIN CERTIFICATE----- next to the private key)",
+            subject,
+        )
+    own = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    matching = [
+        c
+        for c in certificates
+        if c.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        == own
+    ]
+    if not matching:
+        return Step(
+            "certificate", Verdict.FAIL, f"{where}: no certificate in the file matches its private key", subject
+        )
+    cert = matching[0]
+    expires = cert.not_valid_after_utc
+    shown = expires.strftime("%Y-%m-%d %H:%MZ")
+    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - what Entra shows, not a security use
+    if cert.not_valid_before_utc > now:
+        return Step(
+            "certificate",
+            Verdict.FAIL,
+            f"{where}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%MZ}",
+            subject,
+        )
+    if expires <= now:
+        return Step(
+            "certificate",
+            Verdict.FAIL,
+            f"{where}: expired on {shown}: upload a new certificate to the app registration and replace the file",
+            subject,
+        )
+    days = (expires - now).days
+    detail = f"{where}: thumbprint {thumbprint}, expires {shown} (in {days} days)"
+    if days < CERTIFICATE_WARN_DAYS:
+        return Step(
+            "certificate",
+            Verdict.WARN,
+            f"{detail}: renew it soon (upload the new one to the app registration, then replace the file)",
+            subject,
+        )
+    return Step("certificate", Verdict.OK, detail, subject)
+
+
+def entry_names(env: Environ, tenant_id: str) -> dict[str, str]:
+    """How the single-tenant setting names read for this tenant's entry (empty for the single-tenant settings).
+
+    Hints are written for ``O365_TENANT_ID``/``O365_CLIENT_ID``/``O365_CLIENT_SECRET``: for a tenant of
+    ``O365_TENANTS`` that would send the admin to settings that play no part in its sign-in.
+    """
+    if get_str(env, "O365_TENANT_TABLE"):
+        return {"O365_TENANT_ID": f"O365_TENANT_TABLE[{tenant_id}].tenantId"}
+    listed = get_str(env, "O365_TENANTS")
+    if listed is None:
+        return {}
+    try:
+        entries = orjson.loads(listed)
+    except orjson.JSONDecodeError:
+        return {}
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict) or str(entry.get("tenantId", "")).strip().lower() != tenant_id:
+            continue
+        where = f"O365_TENANTS[{i}]"
+        names = {"O365_TENANT_ID": f"{where}.tenantId"}
+        if entry.get("clientId"):
+            names["O365_CLIENT_ID"] = f"{where}.clientId"
+        kind, _, reference = str(entry.get("credential") or "shared").partition(":")
+        if kind == "setting" and reference:
+            names["O365_CLIENT_SECRET"] = f"{reference} (named by {where}.credential)"
+        if entry.get("cloud"):
+            names["O365_CLOUD"] = f"{where}.cloud"
+        return names
+    return {}
+
+
+def rename_settings(text: str, names: Mapping[str, str]) -> str:
+    for old, new in names.items():
+        text = text.replace(old, new)
+    return text
 
 
 def explain_token_failure(err: BaseException, tenant: TenantConfig) -> str:

@@ -65,10 +65,22 @@ def require_str(env: Environ, name: str, hint: str = "") -> str:
     return value
 
 
+# What App Service leaves in a setting whose Key Vault reference it could not resolve: the reference itself.
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
+KEY_VAULT_UNRESOLVED = (
+    "Key Vault reference not resolved: check the app's identity has Key Vault Secrets User "
+    "and the secret exists"
+)
+
+
 def get_secret(env: Environ, name: str) -> Secret | None:
+    """The secret, or None when unset. An unresolved Key Vault reference is refused here, naming the
+    setting: sent to a login host as a secret, it would be reported as a wrong secret."""
     value = env.get(name)
     if value is None or not value.strip():
         return None
+    if value.strip().startswith(KEY_VAULT_REFERENCE):
+        raise ConfigError(name, KEY_VAULT_UNRESOLVED)
     return Secret(value.strip())
 
 

@@ -55,6 +55,9 @@ class Outcome(StrEnum):
     # The message was moved to the poison queue by the handler itself (forged, misrouted, or a blob
     # that can never ship) and completes: the queue must not redeliver it. Count it as poisoned.
     REFUSED = "refused"
+    # A sink or the API kept failing: the handler put a copy back on the queue with a growing delay
+    # (o365collector.deferral) and completes this delivery, which must not count toward poison.
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """The collector's state in one report: what ``status`` prints and the ``health`` function returns.
 
 Per tenant and content type: the checkpoint and the lag behind now, the last run and the last
-successful one, the last error, the blobs in the poison queue and those expired before delivery.
-The report is unhealthy (HTTP 503 from ``health``) when, per ``HealthPolicy``:
+successful one, the last error (``resolved`` when a later success followed it), the records shipped,
+the blobs in the poison queue and those expired before delivery. The report is in one of three states.
+
+**Unhealthy** (HTTP 503 from ``health``, ``status`` exits 1) when, per ``HealthPolicy``:
 
 - a stream has had no successful listing for ``O365_HEALTH_MAX_LISTING_AGE_MINUTES`` (offline);
 - a stream's last listing run met more than ``O365_HEALTH_MAX_THROTTLED`` throttled responses;
@@ -10,10 +12,22 @@ The report is unhealthy (HTTP 503 from ``health``) when, per ``HealthPolicy``:
   after an outage longer than the API's 7-day retention);
 - the poison queue holds more than ``O365_HEALTH_MAX_POISON`` messages (content not delivered yet).
 
+**Degraded** (HTTP 200 with ``"status": "degraded"``, ``status`` exits 3) when nothing is unhealthy yet
+but something is going wrong that will become so if nobody looks:
+
+- a stream's last listing run failed (it still succeeded within the listing age);
+- a subscription is disabled (the stream's current error is ``AF20023``);
+- fetching or shipping is failing: a stream's last fetch error is newer than its last shipped blob;
+- the content queue is not draining: its oldest visible message has waited longer than the listing age.
+
+200 for degraded follows ASP.NET Core's health checks (Healthy and Degraded answer 200, Unhealthy 503):
+an uptime checker that only reads the status code pages for outages, not for warnings; one that wants
+warnings matches the body (Azure Monitor availability tests: "content match").
+
 Sources: the checkpoint table (cursor), the status table (runs, errors, losses; see ``status``) and
 the queues (approximate counts; the poison queue's split per stream comes from peeking at most 32
-messages, flagged as a sample when the queue holds more). Reading is cheap: a few table queries,
-two queue property calls and one peek; no API call.
+messages, flagged as a sample when the queue holds more; the content queue's oldest message from
+peeking one). Reading is cheap: a few table queries, two queue property calls and two peeks; no API call.
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,6 +44,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from .config import HealthPolicy
+from .deferral import report_deferrals
 from .errors import MessageFormatError
 from .models import FetchTask
 from .redaction import describe, summary
@@ -42,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PEEK_MAX = 32  # the queue service's limit for one peek
+SUBSCRIPTION_DISABLED = "AF20023"  # the API's code for a subscription an administrator disabled
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
 StreamKey = tuple[str, str]
 
@@ -59,22 +76,39 @@ class StreamReport:
     problems: list[str] = field(default_factory=list)
     late_sweep_at: dt.datetime | None = None
     """When the last late sweep was planned (from the checkpoint)."""
+    tenant_name: str | None = None
+    degraded: list[str] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    """Blobs waiting for a failing sink or the API, per cause (o365collector.deferral)."""
+
+    @property
+    def label(self) -> str:
+        """How the table names the tenant: its registry name with a short id, or the short id."""
+        short = short_id(self.tenant_id)
+        return f"{self.tenant_name} ({short})" if self.tenant_name else short
+
+    @property
+    def state(self) -> str:
+        return UNHEALTHY if self.problems else DEGRADED if self.degraded else HEALTHY
 
     @property
     def last_error(self) -> dict[str, Any] | None:
-        """The later of the last listing error and the last fetch error."""
+        """The later of the last listing error and the last fetch error; ``resolved`` when a success followed it
+        (a listing error by a successful listing, a fetch error by a shipped blob)."""
         s = self.status
         if s is None:
             return None
         candidates = []
         if s.last_error_at is not None:
-            candidates.append((s.last_error_at, "listing", s.last_error_code, s.last_error))
+            resolved = not _since_success(s.last_error_at, s.last_success_at)
+            candidates.append((s.last_error_at, "listing", s.last_error_code, s.last_error, resolved))
         if s.fetch_error_at is not None:
-            candidates.append((s.fetch_error_at, "fetch", s.fetch_error_code, s.fetch_error))
+            resolved = not _since_success(s.fetch_error_at, s.last_shipped_at)
+            candidates.append((s.fetch_error_at, "fetch", s.fetch_error_code, s.fetch_error, resolved))
         if not candidates:
             return None
-        at, source, code, message = max(candidates, key=lambda c: c[0])
-        return {"at": _iso(at), "source": source, "code": code, "message": message}
+        at, source, code, message, resolved = max(candidates, key=lambda c: c[0])
+        return {"at": _iso(at), "source": source, "code": code, "message": message, "resolved": resolved}
 
     def to_dict(self) -> dict[str, Any]:
         s = self.status or StreamStatus(self.tenant_id, self.content_type)
@@ -83,14 +117,21 @@ class StreamReport:
             span = {"from": _iso(s.lost_span_from), "to": _iso(s.lost_span_to), "at": _iso(s.lost_span_at)}
         return {
             "tenant_id": self.tenant_id,
+            "tenant_name": self.tenant_name,
             "content_type": self.content_type,
             "healthy": not self.problems,
+            "state": self.state,
             "checkpoint": _iso(self.checkpoint),
             "lag_seconds": self.lag_seconds,
             "last_run_at": _iso(s.last_run_at),
             "last_success_at": _iso(s.last_success_at),
             "last_outcome": s.last_outcome,
             "last_error": self.last_error,
+            "shipped": {
+                "records": s.shipped_records,
+                "blobs": s.shipped_blobs,
+                "last_at": _iso(s.last_shipped_at),
+            },
             "last_run": {
                 "windows": s.windows,
                 "windows_left": s.windows_left,
@@ -119,12 +160,16 @@ class StreamReport:
             "blobs_expired_recent": self.expired_recent,
             "unlistable_span": span,
             "problems": self.problems,
+            "degraded": self.degraded,
+            "deferred": self.deferred,
         }
 
 
 @dataclass
 class QueueCounts:
     content: int | None = None
+    content_oldest: dt.datetime | None = None
+    """When the content queue's first visible message was inserted (None: empty, or not read)."""
     poison: int | None = None
     poison_peeked: int = 0
     poison_unreadable: int = 0
@@ -145,17 +190,27 @@ class StatusReport:
     queues: QueueCounts = field(default_factory=QueueCounts)
     lost: list[LostBlob] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    general_problems: list[str] = field(default_factory=list)
+    """The problems and warnings of the collector as a whole (queues, registry), not of one stream."""
+    general_degraded: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return UNHEALTHY if self.problems else DEGRADED if self.degraded else HEALTHY
 
     @property
     def healthy(self) -> bool:
-        return not self.problems
+        return self.state == HEALTHY
 
     def to_dict(self) -> dict[str, Any]:
+        oldest = self.queues.content_oldest
         return {
             "healthy": self.healthy,
-            "status": "healthy" if self.healthy else "unhealthy",
+            "status": self.state,
             "checked_at": _iso(self.checked_at),
             "problems": self.problems,
+            "degraded": self.degraded,
             "thresholds": {
                 "max_listing_age_minutes": self.policy.max_listing_age.total_seconds() / 60,
                 "max_throttled": self.policy.max_throttled,
@@ -163,7 +218,14 @@ class StatusReport:
                 "max_poison": self.policy.max_poison,
             },
             "queues": {
-                "content": {"name": self.content_queue, "messages": self.queues.content},
+                "content": {
+                    "name": self.content_queue,
+                    "messages": self.queues.content,
+                    "oldest_inserted_at": _iso(oldest),
+                    "oldest_age_seconds": (
+                        round((self.checked_at - oldest).total_seconds(), 1) if oldest is not None else None
+                    ),
+                },
                 "poison": {
                     "name": self.poison_queue,
                     "messages": self.queues.poison,
@@ -187,7 +249,9 @@ def build_report(collector: Collector, now: dt.datetime | None = None) -> Status
     now = now or collector.clock()
     settings = collector.settings
     report = StatusReport(now, settings.health, settings.content_queue, settings.poison_queue)
-    streams = [(t.tenant_id, ct) for t in collector.tenants() for ct in t.content_types]
+    tenants = collector.tenants()
+    streams = [(t.tenant_id, ct) for t in tenants for ct in t.content_types]
+    names = {t.tenant_id: t.name for t in tenants}
     try:
         checkpoints = collector.checkpoints.list()
     except ResourceNotFoundError:
@@ -202,16 +266,22 @@ def build_report(collector: Collector, now: dt.datetime | None = None) -> Status
             _stream_report(key, cursors.get(key), rows.get(key), report.lost, poisoned.get(key, 0), now)
         )
         report.streams[-1].late_sweep_at = sweeps.get(key)
-    judge(report, now)
+        # A registry row's text: shown in a terminal and served, so one short redacted line.
+        name = names.get(key[0])
+        report.streams[-1].tenant_name = summary(name, 80) if name else None
     # Rows of the tenant table skipped as invalid: those tenants are not collected until fixed.
-    report.problems.extend(
+    report.general_problems.extend(
         f"tenant registry row skipped (not collected): {summary(str(p))}" for p in collector.registry_problems
     )
+    report_deferrals(report, collector.deferrals.list_deferred(), now)
+    judge(report, now)
     return report
 
 
 def count_queues(queue: QueueClient, poison: QueueClient) -> tuple[QueueCounts, dict[StreamKey, int]]:
     counts = QueueCounts(content=_approximate_count(queue), poison=_approximate_count(poison))
+    if counts.content:
+        counts.content_oldest = _oldest_inserted(queue)
     per_stream: Counter[StreamKey] = Counter()
     if counts.poison:
         try:
@@ -230,6 +300,17 @@ def count_queues(queue: QueueClient, poison: QueueClient) -> tuple[QueueCounts, 
                 continue
             per_stream[(task.tenant_id, task.content_type)] += 1
     return counts, dict(per_stream)
+
+
+def _oldest_inserted(queue: QueueClient) -> dt.datetime | None:
+    """The first visible message's insertion time: messages being processed are invisible and not seen,
+    so a message waiting this long is one no fetcher took, or one that keeps failing and coming back."""
+    try:
+        peeked = queue.peek_messages(max_messages=1)
+    except ResourceNotFoundError:
+        return None
+    inserted = peeked[0].inserted_on if peeked else None
+    return inserted.astimezone(dt.UTC) if inserted is not None else None
 
 
 def _approximate_count(queue: QueueClient) -> int | None:
@@ -261,53 +342,97 @@ def _stream_report(
 
 
 def judge(report: StatusReport, now: dt.datetime) -> None:
-    """Fill in the problems of each stream and of the whole report, per the health policy."""
+    """Fill in the problems (unhealthy) and warnings (degraded) of each stream and of the whole report."""
     policy = report.policy
-    lookback = policy.lost_data_lookback
     for stream in report.streams:
-        s = stream.status
-        name = f"{stream.tenant_id} {stream.content_type}"
-        if s is None or s.last_run_at is None:
-            stream.problems.append("no listing run recorded yet: is the list_content timer running?")
-        elif s.last_success_at is None or now - s.last_success_at > policy.max_listing_age:
-            since = f"for {_age(now - s.last_success_at)}" if s.last_success_at else "since status was recorded"
-            why = ""
-            if s.last_outcome == "starved":
-                why = " (each run's time budget ran out before this stream's turn)"
-            elif (s.last_error_code or s.last_error) and _since_success(s.last_error_at, s.last_success_at):
-                why = f" (last error: {_with_code(s.last_error_code, s.last_error)})"
-            stream.problems.append(f"no successful listing {since}{why}")
-        if s is not None and s.throttled > policy.max_throttled:
-            stream.problems.append(
-                f"{s.throttled} throttled responses in the last listing run (threshold {policy.max_throttled})"
-            )
-        if lookback > dt.timedelta(0):
-            # Counted here, not when loading: the lookback is a policy, the losses are facts.
-            stream.expired_recent = _recent_losses(report, stream, now - lookback)
-            hours = lookback.total_seconds() / 3600
-            if stream.expired_recent:
-                stream.problems.append(
-                    f"{stream.expired_recent} content blobs expired at the source before delivery "
-                    f"in the last {hours:g} h"
-                )
-            if s is not None and s.lost_span_at is not None and s.lost_span_at >= now - lookback:
-                stream.problems.append(
-                    f"content created {_iso(s.lost_span_from)} .. {_iso(s.lost_span_to)} could no longer be listed "
-                    "(collection stopped for longer than the API's 7-day retention)"
-                )
-            if s is not None and s.last_refused_at is not None and s.last_refused_at >= now - lookback:
-                stream.problems.append(
-                    f"{s.last_refused_entries} listing entries refused {_ago(s.last_refused_at, now)} (malformed, or "
-                    "of another content type): the content they name was not collected (the lister's ERROR log "
-                    "names each one)"
-                )
-        report.problems.extend(f"{name}: {p}" for p in stream.problems)
+        _judge_stream(report, stream, now)
+        _degrade_stream(stream, now)
     poison = report.queues.poison or 0
     if poison > policy.max_poison:
-        report.problems.append(
+        report.general_problems.insert(
+            0,
             f"{poison} messages in the poison queue {report.poison_queue}: fix the cause (see the last errors), "
-            "then run `python -m o365collector replay-poison`"
+            "then run `python -m o365collector replay-poison`",
         )
+    oldest = report.queues.content_oldest
+    if oldest is not None and now - oldest > policy.max_listing_age:
+        report.general_degraded.append(
+            f"the content queue {report.content_queue} is not draining: {_count(report.queues.content)} messages, "
+            f"the oldest waiting for {_age(now - oldest)} (more than O365_HEALTH_MAX_LISTING_AGE_MINUTES); "
+            "is the fetch_content function running, and is it failing (see the last errors)?"
+        )
+    _collect(report)
+
+
+def _collect(report: StatusReport) -> None:
+    """The report's lists: each stream's, led by its name, then the collector's own."""
+    report.problems = [f"{s.tenant_id} {s.content_type}: {p}" for s in report.streams for p in s.problems]
+    report.problems += report.general_problems
+    report.degraded = [f"{s.tenant_id} {s.content_type}: {d}" for s in report.streams for d in s.degraded]
+    report.degraded += report.general_degraded
+
+
+def _degrade_stream(stream: StreamReport, now: dt.datetime) -> None:
+    """What is going wrong with a stream that is not (yet) unhealthy: current errors, not resolved ones."""
+    s = stream.status
+    if s is None:
+        return
+    listing_current = s.last_error_at is not None and _since_success(s.last_error_at, s.last_success_at)
+    if listing_current and SUBSCRIPTION_DISABLED in f"{s.last_error_code} {s.last_error}":
+        stream.degraded.append(
+            f"the subscription is disabled ({SUBSCRIPTION_DISABLED}, {_ago(s.last_error_at, now)}): nothing is "
+            f"listed until it is started again (`python -m o365collector subscriptions start --content-type "
+            f"{stream.content_type}`)"
+        )
+    elif s.last_outcome == "failed" and listing_current and not stream.problems:
+        # With a problem, "no successful listing ... (last error: ...)" already says it.
+        stream.degraded.append(
+            f"the last listing run failed ({_ago(s.last_error_at, now)}): {_with_code(s.last_error_code, s.last_error)}"
+        )
+    if s.fetch_error_at is not None and _since_success(s.fetch_error_at, s.last_shipped_at):
+        stream.degraded.append(
+            f"fetching or shipping is failing: last error {_ago(s.fetch_error_at, now)} "
+            f"({_with_code(s.fetch_error_code, s.fetch_error)}), last blob shipped {_ago(s.last_shipped_at, now)}"
+        )
+
+
+def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) -> None:
+    policy = report.policy
+    lookback = policy.lost_data_lookback
+    s = stream.status
+    if s is None or s.last_run_at is None:
+        stream.problems.append("no listing run recorded yet: is the list_content timer running?")
+    elif s.last_success_at is None or now - s.last_success_at > policy.max_listing_age:
+        since = f"for {_age(now - s.last_success_at)}" if s.last_success_at else "since status was recorded"
+        why = ""
+        if s.last_outcome == "starved":
+            why = " (each run's time budget ran out before this stream's turn)"
+        elif (s.last_error_code or s.last_error) and _since_success(s.last_error_at, s.last_success_at):
+            why = f" (last error: {_with_code(s.last_error_code, s.last_error)})"
+        stream.problems.append(f"no successful listing {since}{why}")
+    if s is not None and s.throttled > policy.max_throttled:
+        stream.problems.append(
+            f"{s.throttled} throttled responses in the last listing run (threshold {policy.max_throttled})"
+        )
+    if lookback > dt.timedelta(0):
+        # Counted here, not when loading: the lookback is a policy, the losses are facts.
+        stream.expired_recent = _recent_losses(report, stream, now - lookback)
+        hours = lookback.total_seconds() / 3600
+        if stream.expired_recent:
+            stream.problems.append(
+                f"{stream.expired_recent} content blobs expired at the source before delivery in the last {hours:g} h"
+            )
+        if s is not None and s.lost_span_at is not None and s.lost_span_at >= now - lookback:
+            stream.problems.append(
+                f"content created {_iso(s.lost_span_from)} .. {_iso(s.lost_span_to)} could no longer be listed "
+                "(collection stopped for longer than the API's 7-day retention)"
+            )
+        if s is not None and s.last_refused_at is not None and s.last_refused_at >= now - lookback:
+            stream.problems.append(
+                f"{s.last_refused_entries} listing entries refused {_ago(s.last_refused_at, now)} (malformed, or "
+                "of another content type): the content they name was not collected (the lister's ERROR log "
+                "names each one)"
+            )
 
 
 def _since_success(error_at: dt.datetime | None, success_at: dt.datetime | None) -> bool:
@@ -326,7 +451,48 @@ def _recent_losses(report: StatusReport, stream: StreamReport, since: dt.datetim
     )
 
 
+# -- filtering ----------------------------------------------------------------------------------------
+
+
+def short_id(tenant_id: str) -> str:
+    """A tenant id a table can hold: its first and last four characters (enough to tell 500 tenants apart
+    at a glance; ``--tenant`` accepts the short form, the full id or the registry name)."""
+    return f"{tenant_id[:4]}…{tenant_id[-4:]}" if len(tenant_id) > 12 else tenant_id
+
+
+def matches_tenant(stream: StreamReport, wanted: str) -> bool:
+    """A ``--tenant`` value: the tenant id (or its start), the short id, or the registry name (any case)."""
+    w = wanted.strip().casefold()
+    tid = stream.tenant_id.casefold()
+    return bool(w) and (
+        tid.startswith(w)
+        or w == short_id(stream.tenant_id).casefold()
+        or (stream.tenant_name is not None and w == stream.tenant_name.casefold())
+    )
+
+
+def filter_report(report: StatusReport, tenants: Sequence[str] = (), *, problems_only: bool = False) -> StatusReport:
+    """The report narrowed to some tenants and/or to the streams that are not healthy.
+
+    The collector-wide problems and warnings (queues, registry) stay: they concern every tenant. The state,
+    and so the exit code, is that of what is shown.
+    """
+    kept = [
+        s
+        for s in report.streams
+        if (not tenants or any(matches_tenant(s, t) for t in tenants)) and not (problems_only and s.state == HEALTHY)
+    ]
+    narrowed = replace(report, streams=kept)
+    _collect(narrowed)
+    return narrowed
+
+
 # -- rendering ----------------------------------------------------------------------------------------
+
+
+def _zoned(value: dt.datetime) -> str:
+    """A time for the table, with its zone: UTC, like every time the collector stores."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -354,8 +520,8 @@ def render_table(report: StatusReport) -> str:
     """The human view: one line per stream, then the queues, then what is wrong."""
     now = report.checked_at
     header = (
-        *("TENANT", "CONTENT TYPE", "CHECKPOINT", "LAG", "LAST RUN"),
-        *("LAST SUCCESS", "POISON", "EXPIRED", "LAST ERROR"),
+        *("TENANT", "CONTENT TYPE", "STATE", "CHECKPOINT", "LAG", "LAST RUN"),
+        *("LAST SUCCESS", "SHIPPED", "POISON", "EXPIRED", "LAST ERROR"),
     )
     rows: list[tuple[str, ...]] = []
     sampled = "+" if report.queues.poison_sampled else ""
@@ -364,12 +530,14 @@ def render_table(report: StatusReport) -> str:
         error = stream.last_error
         rows.append(
             (
-                stream.tenant_id,
+                stream.label,
                 stream.content_type,
-                stream.checkpoint.strftime("%Y-%m-%d %H:%M") if stream.checkpoint else "-",
+                stream.state.upper(),
+                _zoned(stream.checkpoint) if stream.checkpoint else "-",
                 _age(dt.timedelta(seconds=stream.lag_seconds)) if stream.lag_seconds is not None else "-",
                 _ago(s.last_run_at if s else None, now),
                 _ago(s.last_success_at if s else None, now),
+                str(s.shipped_records if s else 0),
                 f"{stream.poisoned}{sampled}",
                 str(stream.expired),
                 _error_text(error, now),
@@ -382,7 +550,10 @@ def render_table(report: StatusReport) -> str:
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     q = report.queues
     lines.append("")
-    lines.append(f"content queue {report.content_queue}: {_count(q.content)} messages")
+    content_line = f"content queue {report.content_queue}: {_count(q.content)} messages"
+    if q.content_oldest is not None:
+        content_line += f", the oldest inserted {_zoned(q.content_oldest)} ({_ago(q.content_oldest, now)})"
+    lines.append(content_line)
     poison_line = f"poison queue {report.poison_queue}: {_count(q.poison)} messages"
     if q.poison_sampled:
         poison_line += f" (per-stream counts above are from the first {q.poison_peeked}, marked +)"
@@ -390,12 +561,16 @@ def render_table(report: StatusReport) -> str:
         poison_line += f"; {q.poison_unreadable} unreadable"
     lines.append(poison_line)
     lines.extend(_late_line(stream, now) for stream in report.streams if stream.status and stream.status.last_late_at)
+    lines.append(f"checked {_zoned(now)}; SHIPPED counts records since the status row was created")
     lines.append("")
-    if report.healthy:
-        lines.append("HEALTHY")
-    else:
+    if report.problems:
         lines.append(f"UNHEALTHY: {len(report.problems)} problem(s)")
         lines.extend(f"  - {p}" for p in report.problems)
+    if report.degraded:
+        lines.append(f"{'also degraded' if report.problems else 'DEGRADED'}: {len(report.degraded)} warning(s)")
+        lines.extend(f"  - {d}" for d in report.degraded)
+    if report.healthy:
+        lines.append("HEALTHY")
     return "\n".join(lines)
 
 
@@ -422,7 +597,8 @@ def _error_text(error: dict[str, Any] | None, now: dt.datetime) -> str:
     message = _with_code(error.get("code"), error.get("message"))
     if len(message) > 100:
         message = message[:97] + "..."
-    return f"{_ago(at, now)} ({error['source']}): {message}"
+    resolved = "resolved: " if error.get("resolved") else ""
+    return f"{resolved}{_ago(at, now)} ({error['source']}): {message}"
 
 
 def _with_code(code: str | None, message: str | None) -> str:
@@ -437,7 +613,8 @@ def _with_code(code: str | None, message: str | None) -> str:
 
 
 def health_response(get_collector: Callable[[], Collector]) -> tuple[int, bytes]:
-    """(HTTP status, JSON body) for the health endpoint: 200 when healthy, 503 otherwise.
+    """(HTTP status, JSON body) for the health endpoint: 200 when healthy or degraded (``"status"`` tells
+    which), 503 when unhealthy. See the module docstring for why degraded is a 200.
 
     A collector that cannot even read its own state (bad settings, storage unreachable) is reported
     as unhealthy with the reason, never as an unhandled 500 that an uptime checker can't explain.
@@ -450,4 +627,4 @@ def health_response(get_collector: Callable[[], Collector]) -> tuple[int, bytes]
         log.error("health check could not read the collector's state: %s", reason)
         body = {"healthy": False, "status": "unhealthy", "problems": [f"status unavailable: {reason}"]}
         return 503, orjson.dumps(body)
-    return (200 if report.healthy else 503), report.to_json()
+    return (503 if report.state == UNHEALTHY else 200), report.to_json()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -28,6 +28,8 @@ Record = dict[str, Any]
 """One audit record exactly as the API served it (parsed JSON object)."""
 
 TASK_VERSION = 1
+# Deferrals of one blob: with a 1-minute minimum delay, far more than the source's 7-day retention holds.
+MAX_ATTEMPT = 100_000
 
 
 def utc(value: dt.datetime) -> dt.datetime:
@@ -147,6 +149,9 @@ class FetchTask:
     content_uri: str
     content_created: dt.datetime
     content_expiration: dt.datetime
+    attempt: int = 0
+    """How often this blob was deferred (a sink or the API failing; see o365collector.deferral). Written
+    only when above 0, so a first message is the v1 body every release reads; older readers ignore it."""
 
     @classmethod
     def for_blob(cls, tenant_id: str, blob: ContentBlob) -> FetchTask:
@@ -169,7 +174,13 @@ class FetchTask:
             "contentCreated": self.content_created.isoformat(),
             "contentExpiration": self.content_expiration.isoformat(),
         }
+        if self.attempt:
+            body["attempt"] = self.attempt
         return orjson.dumps(body).decode()
+
+    def deferred(self) -> FetchTask:
+        """The same task, deferred once more."""
+        return replace(self, attempt=self.attempt + 1)
 
     @classmethod
     def from_message(cls, text: str | bytes) -> FetchTask:
@@ -184,6 +195,10 @@ class FetchTask:
             raise MessageFormatError(
                 f"queue message version {version!r} is not supported (this release reads v{TASK_VERSION})"
             )
+        attempt = body.get("attempt", 0)
+        # bool is an int to Python: refused too. The bound keeps a forged counter from overflowing a delay.
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt <= MAX_ATTEMPT:
+            raise MessageFormatError(f"queue message has a bad attempt counter (expected 0..{MAX_ATTEMPT})")
         try:
             return cls(
                 tenant_id=str(body["tenantId"]),
@@ -192,6 +207,7 @@ class FetchTask:
                 content_uri=str(body["contentUri"]),
                 content_created=parse_api_time(str(body["contentCreated"])),
                 content_expiration=parse_api_time(str(body["contentExpiration"])),
+                attempt=attempt,
             )
         except KeyError as err:
             raise MessageFormatError(f"queue message lacks field {err.args[0]!r}") from err

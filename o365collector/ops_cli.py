@@ -1,7 +1,8 @@
 """The operator's commands: ``check``, ``status`` and ``replay-poison`` (registered by ``cli.build_parser``).
 
-Exit codes: ``check`` 0 only when every step passed; ``status`` 0 when healthy, 1 when not;
-``replay-poison`` 0 unless it could not run. Settings errors exit 2 like every other command.
+Exit codes: ``check`` 0 only when every step passed; ``status`` 0 when healthy, 1 when unhealthy, 3 when
+degraded (2 is taken: settings errors exit 2 like every other command); ``replay-poison`` 0 unless it
+could not run.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 from .config import Settings
 from .diagnose import Step, diagnose
-from .health import build_report, render_table
+from .health import DEGRADED, HEALTHY, UNHEALTHY, build_report, filter_report, render_table
 from .poison import replay_poison
-from .redaction import redact
+from .redaction import redact, summary
 from .runtime import Collector
+
+STATUS_EXIT = {HEALTHY: 0, UNHEALTHY: 1, DEGRADED: 3}
 
 
 def add_operator_commands(commands: Any) -> None:
@@ -39,6 +44,16 @@ def add_operator_commands(commands: Any) -> None:
         "status", help="per tenant and content type: checkpoint, lag, last run and error, poisoned and expired blobs"
     )
     status.add_argument("--json", action="store_true", help="the health endpoint's JSON instead of a table")
+    status.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        metavar="ID_OR_NAME",
+        help="only this tenant: its id (or the start of it), short id or registry name; repeat for more",
+    )
+    status.add_argument(
+        "--problems-only", action="store_true", help="only the streams that are unhealthy or degraded"
+    )
     status.set_defaults(func=cmd_status)
 
     replay = commands.add_parser(
@@ -76,22 +91,56 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def storage_failure(err: Exception) -> str | None:
+    """One line for a failure to reach or sign in to the storage account, or None for anything else.
+
+    ``status`` and ``replay-poison`` read only storage: an SDK error here would otherwise surface as a
+    traceback a hundred lines long, with the cause on its last line.
+    """
+    if isinstance(err, ClientAuthenticationError):
+        first = str(err.message or err).strip().splitlines()
+        return f"sign-in to the storage account failed: {summary(first[0] if first else type(err).__name__)}"
+    if isinstance(err, ServiceRequestError):
+        reason = summary(str(err), 200)
+        return f"cannot reach the storage account: check AzureWebJobsStorage (locally: is Azurite running?) ({reason})"
+    return None
+
+
+def _storage_errors_as_one_line(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ClientAuthenticationError, ServiceRequestError) as err:
+            print(f"error: {redact(storage_failure(err) or str(err))}", file=sys.stderr)
+            return 2
+
+    wrapped.__doc__ = command.__doc__
+    return wrapped
+
+
+@_storage_errors_as_one_line
 def cmd_status(args: argparse.Namespace) -> int:
     collector = Collector(Settings.from_env(os.environ), sinks=[])
     report = build_report(collector)
+    if args.tenant or args.problems_only:
+        report = filter_report(report, args.tenant, problems_only=args.problems_only)
     # The report's texts were redacted when stored and when read; the table is redacted as a whole again
     # (its own line breaks kept) so nothing read from storage reaches the console unchecked.
     text = report.to_json(indent=True).decode() if args.json else render_table(report)
     print(redact(text, keep_newlines=True))
-    return 0 if report.healthy else 1
+    return STATUS_EXIT[report.state]
 
 
+@_storage_errors_as_one_line
 def cmd_replay_poison(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     collector = Collector(settings, sinks=[])
-    result = replay_poison(collector.poison_queue, collector.queue, collector.ledger, dry_run=args.dry_run)
+    result = replay_poison(
+        collector.poison_queue, collector.queue, collector.ledger, dry_run=args.dry_run, refusal=collector.refusal
+    )
     if args.json:
         print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
-        print("\n".join(redact(line) for line in result.lines(settings.content_queue, settings.poison_queue)))
+        lines = result.lines(settings.content_queue, settings.poison_queue, now=collector.clock())
+        print("\n".join(redact(line) for line in lines))
     return 0

@@ -11,12 +11,18 @@ a human to look at; it is counted as unreadable and never stops the replay of it
 Each message is sent to the content queue *before* it is deleted from the poison queue: a crash in
 between leaves a duplicate that the ledger skips, never a loss. ``--dry-run`` receives the messages
 the same way, reports what would happen and makes them visible again at once.
+
+``auto_replay_poison`` does the same by itself after a listing run, once every sink's ``check()``
+passes again, at most once per ``O365_AUTO_REPLAY_INTERVAL_MINUTES`` (``O365_AUTO_REPLAY_POISON=false``
+turns it off).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +30,11 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from .checkpoints import Ledger
+from .deferral import DeferralStore
 from .errors import MessageFormatError
 from .models import FetchTask
-from .redaction import redact
+from .redaction import redact, summary
+from .sinks.base import Sink
 from .storage import lease_lost, unreadable_reason
 
 log = logging.getLogger(__name__)
@@ -38,12 +46,47 @@ HOLD_SECONDS = 600
 StreamKey = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class PoisonedBlob:
+    """One readable poison message as a dry run shows it: how old, how long the source keeps it, and why."""
+
+    tenant_id: str
+    content_type: str
+    content_id: str
+    content_created: dt.datetime
+    content_expiration: dt.datetime
+    reason: str
+    shipped: bool
+
+    def line(self, now: dt.datetime) -> str:
+        left = self.content_expiration - now
+        expiry = self.content_expiration.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        when = f"expires in {_span(left)} ({expiry})" if left > dt.timedelta(0) else f"EXPIRED at the source {expiry}"
+        action = "would drop (already shipped)" if self.shipped else "would move"
+        return (
+            f"  {self.tenant_id[:4]}…{self.tenant_id[-4:]} {self.content_type} {self.content_id[-24:]}: "
+            f"age {_span(now - self.content_created)}, {when}; {action}; failed: {self.reason}"
+        )
+
+
+def _span(delta: dt.timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if abs(hours) < 48 else f"{hours / 24:.1f} d"
+
+
+DRY_RUN_LINES = 200  # per-blob lines a dry run prints; --json lists every one
+
+
 @dataclass
 class ReplayResult:
     dry_run: bool
     moved: Counter[StreamKey] = field(default_factory=Counter)
     already_done: Counter[StreamKey] = field(default_factory=Counter)
     unreadable: int = 0
+    refused: int = 0
+    """Messages the fetcher refuses (forged, misrouted, of a tenant or content type not collected): they stay."""
+    blobs: list[PoisonedBlob] = field(default_factory=list)
+    """Filled by a dry run only: the details of each readable message."""
 
     @property
     def total_moved(self) -> int:
@@ -62,11 +105,24 @@ class ReplayResult:
             "moved": self.total_moved,
             "already_shipped": self.total_done,
             "unreadable": self.unreadable,
+            "refused": self.refused,
             "moved_by_stream": rows(self.moved),
             "already_shipped_by_stream": rows(self.already_done),
+            "blobs": [
+                {
+                    "tenant_id": b.tenant_id,
+                    "content_type": b.content_type,
+                    "content_id": b.content_id,
+                    "content_created": b.content_created.isoformat(),
+                    "content_expiration": b.content_expiration.isoformat(),
+                    "already_shipped": b.shipped,
+                    "reason": b.reason,
+                }
+                for b in self.blobs
+            ],
         }
 
-    def lines(self, content_queue: str, poison_queue: str) -> list[str]:
+    def lines(self, content_queue: str, poison_queue: str, *, now: dt.datetime | None = None) -> list[str]:
         verb = "would move" if self.dry_run else "moved"
         out = [f"{verb} {self.total_moved} messages from {poison_queue} back to {content_queue}"]
         out += [f"  {t} {c}: {n}" for (t, c), n in sorted(self.moved.items())]
@@ -79,10 +135,33 @@ class ReplayResult:
                 f"left {self.unreadable} unreadable messages in {poison_queue} (not a content task this release "
                 "can read): inspect them in Storage Explorer"
             )
+        if self.refused:
+            out.append(
+                f"left {self.refused} messages in {poison_queue} that the fetcher refuses (forged or misrouted: "
+                "see the `message moved to poison queue … refused` errors); replaying them would not help"
+            )
+        if self.blobs and now is not None:
+            # The most urgent first: a blob that expires at the source before its replay is lost for good.
+            urgent = sorted(self.blobs, key=lambda b: b.content_expiration)
+            out.append("per blob, the first to expire first (tenant, content type, content id: age, time left, why):")
+            out += [b.line(now) for b in urgent[:DRY_RUN_LINES]]
+            if len(urgent) > DRY_RUN_LINES:
+                out.append(f"  ... and {len(urgent) - DRY_RUN_LINES} more (--json lists every one)")
         return out
 
 
-def replay_poison(poison: QueueClient, content: QueueClient, ledger: Ledger, *, dry_run: bool = False) -> ReplayResult:
+Refusal = Callable[[FetchTask], str | None]
+"""Why the fetcher would refuse a task (a forged or misrouted message), or None."""
+
+
+def replay_poison(
+    poison: QueueClient,
+    content: QueueClient,
+    ledger: Ledger,
+    *,
+    dry_run: bool = False,
+    refusal: Refusal | None = None,
+) -> ReplayResult:
     result = ReplayResult(dry_run=dry_run)
     held: list[QueueMessage] = []  # messages to make visible again when we are done
     seen: set[str] = set()
@@ -100,7 +179,7 @@ def replay_poison(poison: QueueClient, content: QueueClient, ledger: Ledger, *, 
                 break
             for message in fresh:
                 seen.add(message.id)
-                if _replay_one(message, poison, content, ledger, result):
+                if _replay_one(message, poison, content, ledger, result, refusal):
                     continue
                 held.append(message)
     finally:
@@ -117,7 +196,12 @@ def replay_poison(poison: QueueClient, content: QueueClient, ledger: Ledger, *, 
 
 
 def _replay_one(
-    message: QueueMessage, poison: QueueClient, content: QueueClient, ledger: Ledger, result: ReplayResult
+    message: QueueMessage,
+    poison: QueueClient,
+    content: QueueClient,
+    ledger: Ledger,
+    result: ReplayResult,
+    refusal: Refusal | None = None,
 ) -> bool:
     """Handle one message; False means it stays in the poison queue (and must be made visible again)."""
     task = _read_task(message)
@@ -125,10 +209,31 @@ def _replay_one(
         result.unreadable += 1
         log.warning("poison message %s stays where it is: %s", message.id, redact(task))
         return False
+    # A forged or misrouted message stays as evidence: replayed, it would only be refused again.
+    why = refusal(task) if refusal is not None else None
+    if why is not None:
+        result.refused += 1
+        log.warning("poison message %s stays where it is: the fetcher refuses it: %s", message.id, redact(why))
+        return False
     key = (task.tenant_id, task.content_type)
     row = ledger.get(task)
     done = row is not None and row.get("State") in ("done", "lost")
     (result.already_done if done else result.moved)[key] += 1
+    if result.dry_run:
+        # The ledger keeps the last failure of a blob given back; stored text, so redacted again here.
+        error = str(row.get("Error") or "") if row is not None else ""
+        reason = summary(error, 300) if error else "no failure recorded in the ledger (see `status`, LAST ERROR)"
+        result.blobs.append(
+            PoisonedBlob(
+                task.tenant_id,
+                task.content_type,
+                task.content_id,
+                task.content_created,
+                task.content_expiration,
+                reason,
+                shipped=done,
+            )
+        )
     if result.dry_run:
         return False
     if not done:
@@ -159,3 +264,51 @@ def _release(poison: QueueClient, message: QueueMessage) -> None:
     except HttpResponseError as err:
         if not lease_lost(err):
             raise
+
+
+def auto_replay_poison(
+    poison: QueueClient,
+    content: QueueClient,
+    ledger: Ledger,
+    sinks: Sequence[Sink],
+    deferrals: DeferralStore,
+    *,
+    now: dt.datetime,
+    interval: dt.timedelta,
+    refusal: Refusal | None = None,
+) -> ReplayResult | None:
+    """After a listing run: replay the poison queue once every sink's ``check()`` passes again.
+
+    Runs at most once per ``interval`` (the last try is kept in the status table, so every instance
+    and the command line share it): a flapping sink, or a message that fails for a reason no check
+    sees, goes back and forth at that pace at most. None when nothing was replayed.
+    """
+    try:
+        waiting = int(poison.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return None
+    if waiting == 0:
+        return None
+    last = deferrals.last_auto_replay()
+    if last is not None and now - last < interval:
+        return None
+    for sink in sinks:
+        try:
+            sink.check()
+        except Exception as err:
+            reason = f"sink {sink.name} check fails: {redact(str(err))}"
+            deferrals.set_last_auto_replay(now, f"not replayed: {reason}")
+            log.info("the poison queue holds %d messages; not replayed while %s", waiting, reason)
+            return None
+    result = replay_poison(poison, content, ledger, refusal=refusal)
+    deferrals.set_last_auto_replay(
+        now, f"replayed: moved {result.total_moved}, dropped {result.total_done} already shipped"
+    )
+    log.info(
+        "every sink's check passes: replayed the poison queue automatically (moved %d messages back, "
+        "dropped %d already shipped, left %d unreadable)",
+        result.total_moved,
+        result.total_done,
+        result.unreadable,
+    )
+    return result

@@ -53,9 +53,24 @@ class DrainResult:
     failures: int = 0
     poisoned: int = 0
     timed_out: bool = False
+    completed: int = 0  # messages finished for good: deleted after the handler, or poisoned
+    stopped: bool = False  # ``should_stop`` ended the drain before the queue was empty
+    last_error: str | None = None  # the latest handler failure, redacted, for the progress line
+    # What an idle runner waits for: messages on the queue none of which it can receive yet (a
+    # retry delay, or another worker's lease), and the earliest time one of ours is visible again.
+    waiting: int = 0
+    visible_again: dt.datetime | None = None
+    # Messages still on the queue when the drain ended, all of them (as far as the runner can tell)
+    # deferred copies waiting out a failing sink's backoff (o365collector.deferral): the next pass's.
+    deferred_waiting: int = 0
 
     def count(self, outcome: Outcome) -> int:
         return self.outcomes.get(outcome.value, 0)
+
+    @property
+    def deferred(self) -> int:
+        """Deliveries the handler deferred (a copy back on the queue with a delay; never toward poison)."""
+        return self.count(Outcome.DEFERRED)
 
 
 Handler = Callable[[str, str, int], FetchResult]
@@ -80,6 +95,7 @@ class QueueRunner:
         self._lease = min(max(1, int(processing_lease.total_seconds())), MAX_LEASE_SECONDS)
         self._sleep = sleep
         self._monotonic = monotonic
+        self._retrying: dict[str, dt.datetime] = {}  # messages this drain put back, and when each is visible again
 
     def drain(
         self,
@@ -87,9 +103,16 @@ class QueueRunner:
         max_seconds: float | None = None,
         on_progress: Callable[[DrainResult], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        on_idle: Callable[[DrainResult], None] | None = None,
     ) -> DrainResult:
-        """Process until the queue is empty (invisible messages that will come back included)."""
+        """Process until the queue is empty (invisible messages that will come back included).
+
+        ``on_progress`` is called after each batch, ``on_idle`` at each poll while only invisible
+        messages are left (``waiting`` and ``visible_again`` say what for); ``should_stop`` is asked
+        before each message.
+        """
         result = DrainResult()
+        self._retrying = {}
         deadline = None if max_seconds is None else self._monotonic() + max_seconds
         while not should_stop():
             if deadline is not None and self._monotonic() >= deadline:
@@ -103,16 +126,36 @@ class QueueRunner:
                 )
             )
             if batch:
+                result.waiting, result.visible_again = 0, None
                 with _HeldMessages(self._queue, batch, self._lease) as held:
                     for message in batch:
+                        if should_stop():
+                            # Between messages: the rest of the batch is made visible again on leaving.
+                            result.stopped = True
+                            break
+                        self._retrying.pop(message.id, None)
                         self._handle(message, held, result)
                 if on_progress is not None:
                     on_progress(result)
                 continue
-            if self._queue.get_queue_properties().approximate_message_count == 0:
+            result.waiting = self._queue.get_queue_properties().approximate_message_count or 0
+            if result.waiting == 0:
+                break
+            if result.waiting <= result.deferred:
+                # What is left may be nothing but copies this drain deferred for minutes to an hour:
+                # waiting for them would keep a one-pass `run` going for as long as the sink is down.
+                # Counted per deferral, so the guess errs towards stopping; a message still retrying
+                # is not lost, only left to the next pass.
+                result.deferred_waiting = result.waiting
                 break
             # Messages exist but are invisible (retry delay or another worker): wait for them.
+            result.visible_again = min(self._retrying.values(), default=None)
+            if on_idle is not None:
+                on_idle(result)
             self._sleep(IDLE_POLL_SECONDS)
+        else:
+            result.stopped = True
+        result.waiting, result.visible_again = 0, None
         return result
 
     def _handle(self, message: QueueMessage, held: _HeldMessages, result: DrainResult) -> None:
@@ -130,6 +173,18 @@ class QueueRunner:
             outcome = self._handler(message.content, message.id, dequeue_count)
         except Exception as err:
             result.failures += 1
+            result.last_error = redact(f"{type(err).__name__}: {err}")
+            if result.failures == 1 and dequeue_count < self._config.max_dequeue_count:
+                # The first failure of a pass is a WARNING with its cause: a sink that is down must not
+                # be silent for minutes. The retries after it stay at DEBUG (the progress line counts them).
+                log.warning(
+                    "message %s failed (attempt %d of %d), retrying in %ss: %s",
+                    message.id,
+                    dequeue_count,
+                    self._config.max_dequeue_count,
+                    int(self._config.visibility_timeout.total_seconds()),
+                    result.last_error,
+                )
             if dequeue_count >= self._config.max_dequeue_count:
                 self._to_poison(message, held, f"{type(err).__name__}: {err}", result)
             else:
@@ -148,9 +203,12 @@ class QueueRunner:
         result.outcomes[outcome.outcome.value] = result.outcomes.get(outcome.outcome.value, 0) + 1
         result.records += outcome.records
         result.filtered += outcome.filtered
+        if outcome.outcome is Outcome.DEFERRED and outcome.reason:
+            result.last_error = redact(outcome.reason)  # the progress line says why blobs wait
         if _REFUSED is not None and outcome.outcome is _REFUSED:
             result.poisoned += 1
         self._delete(message, held)
+        result.completed += 1
 
     def _retry_later(self, message: QueueMessage, held: _HeldMessages) -> None:
         receipt = held.release(message.id)
@@ -158,9 +216,11 @@ class QueueRunner:
             return  # our lease was lost and another delivery has it now
         try:
             # By id, not by message: only the visibility changes, the stored text stays as it is.
-            self._queue.update_message(
+            updated = self._queue.update_message(
                 message.id, receipt, visibility_timeout=int(self._config.visibility_timeout.total_seconds())
             )
+            if updated.next_visible_on is not None:
+                self._retrying[message.id] = updated.next_visible_on
         except HttpResponseError as err:
             if not lease_lost(err):
                 raise
@@ -170,6 +230,7 @@ class QueueRunner:
         self._poison.send_message(message.content)
         self._delete(message, held)
         result.poisoned += 1
+        result.completed += 1
         log.error(
             "%s: message %s after %s attempts: %s", POISONED_MESSAGE, message.id, message.dequeue_count, redact(reason)
         )

@@ -17,12 +17,21 @@ from functools import partial
 from .auth import TokenProvider
 from .checkpoints import CheckpointStore, Ledger
 from .config import Settings, TenantConfig
-from .errors import CollectorError, ConfigError, RefusedMessageError, UnknownTenantError
+from .deferral import MAX_VISIBILITY, DeferralStore, NamedSink, expiry_message, plan_deferral, waiting_for
+from .errors import (
+    CollectorError,
+    ConfigError,
+    PermanentError,
+    RefusedMessageError,
+    RetryableError,
+    UnknownTenantError,
+)
 from .fetcher import Fetcher, FetchResult, Outcome
 from .health import health_response
 from .lister import Lister, ListerResult, StreamResult, TaskQueue
 from .management_api import ManagementApiClient, shared_session
 from .models import FetchTask, sign_message, signature_problem
+from .poison import ReplayResult, auto_replay_poison
 from .queue_runner import POISONED_MESSAGE
 from .redaction import install_log_redaction, printable, scrub_exception, summary
 from .sinks.base import Sink
@@ -42,6 +51,10 @@ def quiet_sdk_loggers() -> None:
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _visibility_seconds(delay: dt.timedelta) -> int:
+    return min(int(delay.total_seconds()), int(MAX_VISIBILITY.total_seconds()))
 
 
 class ListingFailedError(CollectorError):
@@ -68,7 +81,10 @@ class Collector:
         storage: StorageClients | None = None,
         sinks: list[Sink] | None = None,
         environ: Mapping[str, str] | None = None,
+        defer_visibility: Callable[[dt.timedelta], int] | None = None,
     ) -> None:
+        """``defer_visibility`` turns a deferral's delay into the copy's visibility timeout in seconds
+        (tests make it 0 and move their clock instead of waiting)."""
         self.settings = settings
         # Registry entries may reference app settings (secrets) by name: resolved against these.
         self._environ: Mapping[str, str] = environ if environ is not None else os.environ
@@ -82,6 +98,8 @@ class Collector:
         self.ledger = Ledger(self._ledger_table)
         self._status_table = storage.table(settings.status_table)
         self.status = StatusStore(self._status_table)
+        self.deferrals = DeferralStore(self._status_table)
+        self._defer_visibility = defer_visibility or _visibility_seconds
         self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
         self._tenants = {t.tenant_id: t for t in settings.tenants}
         self._registry = TableTenantRegistry(storage.table(settings.tenant_table)) if settings.tenant_table else None
@@ -140,7 +158,7 @@ class Collector:
             if client is None:
                 tenant = self._tenants.get(tenant_id)
                 if tenant is None:
-                    raise UnknownTenantError(printable(tenant_id))
+                    raise self._unknown_tenant(printable(tenant_id))
                 client = ManagementApiClient(
                     tenant,
                     policy=self.settings.http,
@@ -149,6 +167,20 @@ class Collector:
                 )
                 self._apis[tenant_id] = client
             return client
+
+    def _unknown_tenant(self, tenant_id: str) -> UnknownTenantError:
+        """The error naming the setting that lists this deployment's tenants (not O365_TENANT_ID when
+        the tenants come from O365_TENANTS or the table: that setting plays no part then)."""
+        err = UnknownTenantError(tenant_id)
+        if self.settings.tenant_table:
+            source = "O365_TENANT_TABLE"
+        elif (self._environ.get("O365_TENANTS") or "").strip():
+            source = "O365_TENANTS"
+        else:
+            return err
+        err.setting = source
+        err.args = (f"{source}: {err.problem}",)
+        return err
 
     def lister(self, on_window: Callable[[StreamResult], None] | None = None) -> Lister:
         return Lister(
@@ -169,7 +201,8 @@ class Collector:
     def fetcher(self) -> Fetcher:
         return Fetcher(
             ledger=self.ledger,
-            sinks_for_tenant=self.sinks_for,
+            # Named, so a deferral can say which sink it waits for.
+            sinks_for_tenant=lambda tenant_id: [NamedSink(s) for s in self.sinks_for(tenant_id)],
             api_for_tenant=self.api,
             claim_lease=self.settings.policy.claim_lease,
             clock=self.clock,
@@ -182,28 +215,114 @@ class Collector:
         return result
 
     def record_listing(self, result: ListerResult) -> None:
-        """One status upsert per stream (for ``status`` and ``health``); never fails the run."""
+        """After each listing run (timer and command line): one status upsert per stream (for ``status``
+        and ``health``), then the automatic replay of the poison queue when it is due; never fails the run."""
         try:
             self.status.record_runs(result.streams, self.clock())
         except Exception as err:  # status is advisory: the listing itself succeeded or failed on its own
             log.warning("could not record the status of this listing run: %s", err)
+        self.auto_replay()
 
-    def process_message(self, body: str | bytes, *, message_id: str) -> FetchResult:
-        return self.handle_message(body, message_id=message_id)[1]
+    def refusal(self, task: FetchTask) -> str | None:
+        """Why the fetcher would refuse ``task`` (forged or misrouted), or None: replay leaves those in poison."""
+        try:
+            self.fetcher().accepted_api(task)
+        except RefusedMessageError as err:
+            return err.reason
+        return None
 
-    def handle_message(self, body: str | bytes, *, message_id: str) -> tuple[FetchTask, FetchResult]:
+    def auto_replay(self) -> ReplayResult | None:
+        """Replay the poison queue once every sink's check passes (``O365_AUTO_REPLAY_POISON``)."""
+        config = self.settings.deferral
+        if not config.auto_replay:
+            return None
+        try:
+            return auto_replay_poison(
+                self.poison_queue,
+                self.queue,
+                self.ledger,
+                self.sinks,
+                self.deferrals,
+                now=self.clock(),
+                interval=config.auto_replay_interval,
+                refusal=self.refusal,
+            )
+        except Exception as err:  # the replay is a convenience: the listing run stands on its own
+            log.warning("could not replay the poison queue automatically: %s", summary(str(err)))
+            return None
+
+    def process_message(self, body: str | bytes, *, message_id: str, dequeue_count: int | None = None) -> FetchResult:
+        return self.handle_message(body, message_id=message_id, dequeue_count=dequeue_count)[1]
+
+    def handle_message(
+        self, body: str | bytes, *, message_id: str, dequeue_count: int | None = None
+    ) -> tuple[FetchTask, FetchResult]:
         """The queue handler: read, check and process one message. A refused message (forged, misrouted,
         a blob that can never ship) is put on the poison queue here and completes (``Outcome.REFUSED``),
-        so the queue does not redeliver it ``maxDequeueCount`` times."""
+        so the queue does not redeliver it ``maxDequeueCount`` times. A blob a sink or the API still fails
+        on the last delivery the queue allows (``dequeue_count``) is deferred: a copy goes back on the
+        queue with a growing delay and this delivery completes (``Outcome.DEFERRED``; see
+        o365collector.deferral), so an outage never poisons."""
         task = FetchTask.from_message(body)
         try:
             key = self.settings.message_key
             problem = None if key is None else signature_problem(body, key.reveal().encode())
             if problem is not None:
                 raise RefusedMessageError(problem)
-            return task, self.process_task(task, message_id=message_id)
+            result = self.process_task(task, message_id=message_id)
         except RefusedMessageError as err:
-            return task, self._refuse(task, body, message_id, err.reason)
+            result = self._refuse(task, body, message_id, err.reason)
+        except RetryableError as err:
+            last = dequeue_count is not None and dequeue_count >= self.settings.queue_runner.max_dequeue_count
+            deferred = self._defer(task, err, last_delivery=last)
+            if deferred is None:
+                raise
+            return task, deferred
+        except PermanentError:
+            self._forget_deferral(task)  # on its way to the poison queue: no longer waiting
+            raise
+        if result.outcome is not Outcome.SKIPPED_BUSY:
+            self._forget_deferral(task)
+        return task, result
+
+    def _defer(self, task: FetchTask, err: RetryableError, *, last_delivery: bool) -> FetchResult | None:
+        """Put a copy of ``task`` back on the queue, invisible for its backoff; None if it is not deferred
+        (not a sink or API failure, or the copy could not be written: the host's redelivery then applies)."""
+        what = waiting_for(err, last_delivery=last_delivery)
+        if what is None:
+            return None
+        now = self.clock()
+        again = task.deferred()
+        plan = plan_deferral(again, now, self.settings.deferral.backoff_max, err.retry_after)
+        text = again.to_message()
+        key = self.settings.message_key
+        if key is not None:
+            text = sign_message(text, key.reveal().encode())
+        fields = {"tenant_id": task.tenant_id, "content_type": task.content_type, "content_id": task.content_id}
+        try:
+            self.queue.send_message(text, visibility_timeout=self._defer_visibility(plan.delay))
+        except Exception as send_err:
+            log.warning("could not defer content %s (%s): %s", task.content_id, what, send_err, extra=fields)
+            return None
+        cause = summary(f"{type(err).__name__}: {err}")
+        self._record_status(task, partial(self.deferrals.record, again, plan, what, cause, now))
+        minutes = plan.delay.total_seconds() / 60
+        if plan.near_expiry:
+            # Data loss is coming unless someone fixes the sink: that is what ERROR is for.
+            log.error("content %s: %s", task.content_id, expiry_message(plan.expires_in, what, cause), extra=fields)
+        elif again.attempt == 1:
+            log.warning(
+                "content %s deferred %g min while %s is failing: %s",
+                *(task.content_id, minutes, what, cause),
+                extra=fields,
+            )
+        else:
+            log.debug("content %s deferred again (attempt %d, %g min)", task.content_id, again.attempt, minutes)
+        return FetchResult(Outcome.DEFERRED, reason=f"waiting for {what}: {cause}")
+
+    def _forget_deferral(self, task: FetchTask) -> None:
+        if task.attempt:  # only a deferred copy has a row: a healthy pipeline writes nothing per blob
+            self._record_status(task, partial(self.deferrals.clear, task))
 
     def _refuse(self, task: FetchTask, body: str | bytes, message_id: str, reason: str) -> FetchResult:
         self.poison_queue.send_message(body if isinstance(body, str) else body.decode("utf-8", "replace"))
@@ -238,6 +357,8 @@ class Collector:
         if result.outcome is Outcome.LOST:
             reason = result.reason or "content expired at the source"
             self._record_status(task, partial(self.status.record_lost, task, reason, self.clock()))
+        elif result.outcome is Outcome.SHIPPED:  # summed in memory; written at most once a minute per stream
+            self._record_status(task, partial(self.status.record_shipped, task, result.records, self.clock()))
         return result
 
     @staticmethod
@@ -249,6 +370,10 @@ class Collector:
             log.warning("could not record the status of content %s: %s", task.content_id, err, extra=extra)
 
     def close(self) -> None:
+        try:
+            self.status.flush_shipped(self.clock())  # the shipped sums not written yet
+        except Exception as err:  # status is advisory
+            log.warning("could not record the shipped totals: %s", err)
         for sink in self.sinks:
             sink.close()
 
@@ -296,7 +421,7 @@ def process_message(*, body: str | bytes, message_id: str, dequeue_count: int) -
     """The queue trigger's work. Raising makes the host redeliver; the last failure is logged as poisoned."""
     active = collector()
     try:
-        task, result = active.handle_message(body, message_id=message_id)
+        task, result = active.handle_message(body, message_id=message_id, dequeue_count=dequeue_count)
     except Exception as err:
         if dequeue_count >= active.settings.queue_runner.max_dequeue_count:
             # The host moves the message to the poison queue after this attempt; say so where alerts look.

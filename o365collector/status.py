@@ -6,7 +6,10 @@ Written as a side effect of the work, read by ``status``, the ``health`` functio
   per lister run: when it ran, whether it succeeded, its last error, its counters and lag, the blobs
   it found late and the listing entries it refused. ``LastLate*`` and ``LastRefused*`` are written only
   by a run that found some, so they tell the last time it happened. A fetch failure merges its own
-  ``Fetch*`` fields into the same row: failures only, so a healthy pipeline writes nothing per blob;
+  ``Fetch*`` fields into the same row. Shipped blobs are not written one by one: each process adds
+  them up per stream (``ShippedTally``) and folds the sum into ``Shipped*`` at most once a minute per
+  stream (at once for a stream's first success in this process, or its first after a failure here),
+  with an ETag-conditional read-modify-write, since Table Storage has no atomic counter;
 - a **lost row** per content blob the source expired before we fetched it (RowKey =
   ``lost|<content type>|<sha256 of the content id>``). Table Storage has no atomic counter; one
   idempotent row per blob keeps the count exact even when a message is delivered twice.
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from .lister import StreamResult
@@ -33,6 +38,9 @@ from .redaction import summary
 STREAM_PREFIX = "stream|"
 LOST_PREFIX = "lost|"
 MAX_MESSAGE_CHARS = 1000  # table properties hold 32 K characters; an error message needs far fewer
+# How often one process folds its shipped-records sum into a stream row: a busy stream ships a blob every
+# few seconds, and a write per blob is the cost the status table was designed to avoid.
+SHIPPED_FLUSH_INTERVAL = dt.timedelta(minutes=1)
 
 
 def stream_succeeded(stream: StreamResult) -> bool:
@@ -81,6 +89,10 @@ class StreamStatus:
     """The last run that refused listing entries, how many, and what the first of them were."""
     last_refused_entries: int = 0
     last_refused: tuple[str, ...] = ()
+    shipped_records: int = 0
+    """Records and blobs shipped since the row was created (summed by the fetchers), and the last one's time."""
+    shipped_blobs: int = 0
+    last_shipped_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +132,20 @@ def _or_sentinel(seconds: float | None) -> float:
     return float(seconds) if seconds is not None else -1.0  # -1: none (a merge cannot clear a property)
 
 
+@dataclass(slots=True)
+class _Pending:
+    records: int = 0
+    blobs: int = 0
+    last_at: dt.datetime | None = None
+    flushed_at: dt.datetime | None = None
+    failed_since_flush: bool = False
+
+
 class StatusStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
+        self._shipped: dict[tuple[str, str], _Pending] = {}
+        self._lock = threading.Lock()  # the Functions host runs queue messages on several threads
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -187,6 +210,9 @@ class StatusStore:
         return entity
 
     def record_fetch_error(self, task: FetchTask, err: BaseException, now: dt.datetime) -> None:
+        with self._lock:
+            # The next success here is written at once, so a recovered sink stops showing as failing.
+            self._shipped.setdefault((task.tenant_id, task.content_type), _Pending()).failed_since_flush = True
         self._table.upsert_entity(
             {
                 "PartitionKey": task.tenant_id,
@@ -198,6 +224,73 @@ class StatusStore:
             },
             mode=UpdateMode.MERGE,
         )
+
+    def record_shipped(self, task: FetchTask, records: int, now: dt.datetime) -> None:
+        """Add a shipped blob to this process's sum; write the sum when it is due (see the module docstring)."""
+        key = (task.tenant_id, task.content_type)
+        with self._lock:
+            pending = self._shipped.setdefault(key, _Pending())
+            pending.records += records
+            pending.blobs += 1
+            pending.last_at = now
+            due = (
+                pending.flushed_at is None
+                or pending.failed_since_flush
+                or now - pending.flushed_at >= SHIPPED_FLUSH_INTERVAL
+            )
+        if due:
+            self._flush(key, now)
+
+    def flush_shipped(self, now: dt.datetime) -> None:
+        """Write every stream's unwritten sum (on shutdown, and at the end of a ``run --once``)."""
+        with self._lock:
+            keys = [k for k, p in self._shipped.items() if p.blobs]
+        for key in keys:
+            self._flush(key, now)
+
+    def _flush(self, key: tuple[str, str], now: dt.datetime) -> None:
+        with self._lock:
+            pending = self._shipped[key]
+            records, blobs, last_at = pending.records, pending.blobs, pending.last_at
+            pending.records, pending.blobs, pending.flushed_at, pending.failed_since_flush = 0, 0, now, False
+        written = False
+        try:
+            written = self._add_shipped(key, records, blobs, last_at)
+        finally:
+            if not written:  # kept for the next flush: a lost race or a storage error never drops a count
+                with self._lock:
+                    pending.records += records
+                    pending.blobs += blobs
+
+    def _add_shipped(self, key: tuple[str, str], records: int, blobs: int, last_at: dt.datetime | None) -> bool:
+        tenant_id, content_type = key
+        entity: dict[str, Any] = {"PartitionKey": tenant_id, "RowKey": STREAM_PREFIX + content_type}
+        try:
+            row = self._table.get_entity(tenant_id, STREAM_PREFIX + content_type)
+        except ResourceNotFoundError:
+            row = None
+        before: dict[str, Any] = dict(row) if row is not None else {}
+        totals: dict[str, Any] = {
+            "ContentType": content_type,
+            "ShippedRecords": int(before.get("ShippedRecords") or 0) + records,
+            "ShippedBlobs": int(before.get("ShippedBlobs") or 0) + blobs,
+        }
+        if last_at is not None:
+            totals["LastShippedAt"] = last_at
+        try:
+            if row is None:
+                self._table.create_entity(entity | totals)
+            else:
+                # Conditional: a concurrent writer (another instance, the lister's merge) means a re-read next time.
+                self._table.update_entity(
+                    entity | totals,
+                    mode=UpdateMode.MERGE,
+                    etag=row.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True
 
     def record_lost(self, task: FetchTask, reason: str, now: dt.datetime) -> None:
         digest = hashlib.sha256(task.content_id.encode()).hexdigest()
@@ -254,6 +347,9 @@ class StatusStore:
                 last_refused_at=_time(e.get("LastRefusedAt")),
                 last_refused_entries=int(e.get("LastRefusedEntries") or 0),
                 last_refused=tuple(str(e.get("LastRefused") or "").splitlines()),
+                shipped_records=int(e.get("ShippedRecords") or 0),
+                shipped_blobs=int(e.get("ShippedBlobs") or 0),
+                last_shipped_at=_time(e.get("LastShippedAt")),
             )
         return found
 

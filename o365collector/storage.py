@@ -17,13 +17,32 @@ import base64
 import binascii
 from typing import Any, Self
 
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableClient, TableServiceClient
-from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.identity import CredentialUnavailableError, DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient, QueueMessage, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from .config import StorageConfig
+from .errors import ConfigError
+
+STORAGE_SETTING = "AzureWebJobsStorage"
+CONNECTION_STRING_FORM = (
+    "expected DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>;EndpointSuffix=core.windows.net, "
+    "or UseDevelopmentStorage=true for Azurite"
+)
+NO_SIGN_IN = (
+    "no Azure sign-in is available to reach the storage account (an identity-based connection): locally run "
+    "`az login` (or set AzureWebJobsStorage to a connection string, e.g. Azurite's); in Azure, enable the app's "
+    "managed identity"
+)
+# DefaultAzureCredential's text when no source in its chain could even try (no `az login`, no identity).
+_CHAIN_UNAVAILABLE = "failed to retrieve a token from the included credentials"
 
 
 class UnreadableMessage(str):
@@ -82,17 +101,72 @@ class _Base64EncodePolicy(TextBase64EncodePolicy):
         return super().encode(content)
 
 
+def check_connection_string(text: str, setting: str = STORAGE_SETTING) -> None:
+    """Refuse a connection string the SDKs cannot use, naming the setting (never echoing it: it holds a key).
+
+    The SDKs say only "Connection string is either blank or malformed", without saying which setting, and
+    an AccountKey that is not base64 fails much later, at the first request, as an unrelated error.
+    """
+    try:
+        QueueClient.from_connection_string(text, "probe")
+        TableClient.from_connection_string(text, table_name="probe")
+    except ValueError:
+        raise ConfigError(setting, f"is not a valid storage connection string ({CONNECTION_STRING_FORM})") from None
+    parts = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
+    key = next((v for k, v in parts.items() if k.strip().lower() == "accountkey"), None)
+    if key is not None:
+        try:
+            base64.b64decode(key.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(setting, "its AccountKey is not base64: copy the key again from the account") from None
+
+
+class _SignInExplained:
+    """A storage credential whose "nobody is signed in" failure reads as that, in one line.
+
+    Unwrapped, DefaultAzureCredential's failure is a page of per-source attempts, and a later 403 would
+    read as missing roles when the real fix is `az login`. Raised from inside the SDK's pipeline as a
+    ``ConfigError`` (not an azure-core error), so no retry policy or SDK wrapper turns it into another.
+    """
+
+    def __init__(self, inner: TokenCredential, setting: str) -> None:
+        self._inner = inner
+        self._setting = setting
+
+    def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
+        try:
+            return self._inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs)
+        except CredentialUnavailableError:
+            raise ConfigError(self._setting, NO_SIGN_IN) from None
+        except ClientAuthenticationError as err:
+            if _CHAIN_UNAVAILABLE in str(err.message or err):
+                raise ConfigError(self._setting, NO_SIGN_IN) from None
+            raise
+
+
 class StorageClients:
     """Makes queue and table clients for one storage account."""
 
-    def __init__(self, config: StorageConfig, credential: TokenCredential | None = None) -> None:
+    def __init__(
+        self, config: StorageConfig, credential: TokenCredential | None = None, *, setting: str = STORAGE_SETTING
+    ) -> None:
         self._config = config
         self._credential = credential
-        if config.connection_string is None and credential is None:
-            self._credential = (
+        if config.connection_string is not None:
+            check_connection_string(config.connection_string.reveal(), setting)
+        elif credential is None:
+            self._credential = _SignInExplained(
                 ManagedIdentityCredential(client_id=config.managed_identity_client_id)
                 if config.managed_identity_client_id
-                else DefaultAzureCredential()
+                else DefaultAzureCredential(),
+                setting,
             )
 
     def queue(self, name: str) -> QueueClient:

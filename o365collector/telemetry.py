@@ -12,8 +12,12 @@ with operators' queries: add fields, never rename or remove one.
   tenant_id, content_type, content_id, blobs_shipped, records, seconds.
 - ``collector run complete {…}`` (this module, the command line's ``run``, per stream and pass):
   tenant_id, content_type, windows, blobs_listed, blobs_enqueued, blobs_shipped, blobs_skipped,
-  blobs_lost, records, failures, throttled, lag_seconds, seconds, error_code.
+  blobs_lost, blobs_refused, blobs_deferred, records, failures, throttled, lag_seconds, seconds, error_code.
 - ``content expired before delivery {…}`` (fetcher) and ``message moved to poison queue`` at ERROR.
+
+On an interactive terminal the command line drops the JSON summary lines (``HideSummaryLines``) and
+prints a human line per pass instead, unless ``--json-logs`` asks for them; anywhere else (a
+service, a container, Application Insights) they are always written.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import orjson
 
 from .errors import MessageFormatError
 from .fetcher import FetchResult, Outcome
-from .lister import ListerResult
+from .lister import FAILED_MESSAGE, RUN_SUMMARY_MESSAGE, SUMMARY_MESSAGE, ListerResult
 from .models import FetchTask
 
 log = logging.getLogger(__name__)
 
 FETCH_RUN_MESSAGE = "fetch run complete"
 COLLECTOR_RUN_MESSAGE = "collector run complete"
+
+# Every machine-read summary line starts with one of these (then a space and a JSON object).
+SUMMARY_PREFIXES = (SUMMARY_MESSAGE, FAILED_MESSAGE, RUN_SUMMARY_MESSAGE, COLLECTOR_RUN_MESSAGE, FETCH_RUN_MESSAGE)
 
 Handler = Callable[[str, str, int], FetchResult]
 StreamKey = tuple[str, str]
@@ -87,6 +94,7 @@ _COUNTER = {
     Outcome.SKIPPED_BUSY: "blobs_skipped",
     Outcome.LOST: "blobs_lost",
     Outcome.REFUSED: "blobs_refused",  # the handler moved the message to the poison queue itself
+    Outcome.DEFERRED: "blobs_deferred",  # a sink or the API failing: back on the queue with a delay
 }
 
 
@@ -112,6 +120,7 @@ def log_run_summary(listed: ListerResult, tally: ShipTally, seconds: float) -> N
             "blobs_skipped": shipped["blobs_skipped"],
             "blobs_lost": shipped["blobs_lost"],
             "blobs_refused": shipped["blobs_refused"],
+            "blobs_deferred": shipped["blobs_deferred"],
             "records": shipped["records"],
             "failures": shipped["failures"],
             "throttled": stream.throttled,
@@ -120,3 +129,11 @@ def log_run_summary(listed: ListerResult, tally: ShipTally, seconds: float) -> N
             "error_code": stream.error_code,
         }
         log.info("%s %s", COLLECTOR_RUN_MESSAGE, orjson.dumps(summary).decode(), extra=fields)
+
+
+class HideSummaryLines(logging.Filter):
+    """Drops the JSON summary lines: a handler filter for a person at a terminal, who gets human lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(prefix + " {") for prefix in SUMMARY_PREFIXES)

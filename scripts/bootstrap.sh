@@ -29,3 +29,9 @@ if ! .venv/bin/python -m pip "${wheels[@]}" --no-index --find-links "$WHEELHOUSE
   echo "downloading the deployment zip's wheels into $WHEELHOUSE" >&2
   .venv/bin/python -m pip "${wheels[@]}"
 fi
+# The build backend pyproject.toml names ([build-system]), so tests/test_install.py runs `pip install .` offline.
+backend=(download --quiet --disable-pip-version-check --no-input --dest "$WHEELHOUSE" --only-binary=:all:
+  setuptools==84.2.1)
+if ! .venv/bin/python -m pip "${backend[@]}" --no-index --find-links "$WHEELHOUSE" >/dev/null 2>&1; then
+  .venv/bin/python -m pip "${backend[@]}"
+fi

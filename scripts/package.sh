@@ -2,7 +2,8 @@
 # Build the deployment zip: dist/o365collector-<version>.zip (version from o365collector/__init__.py).
 #
 # Contents, at the zip root, as the Functions Python worker expects them:
-#   function_app.py, host.json, requirements.txt, o365collector/ (no __pycache__ from the work tree)
+#   function_app.py, host.json, requirements.txt, o365collector/ (no __pycache__ from the work tree,
+#   no simulator/ or demo.py: local tools only)
 #   .python_packages/lib/site-packages/   the runtime dependencies, vendored
 # Nothing else: no tests, no virtual environment, no local.settings*.json, no infra.
 #
@@ -37,7 +38,11 @@ STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 
 cp function_app.py host.json requirements.txt "$STAGE/"
-tar -C "$ROOT" --exclude='__pycache__' --exclude='*.py[co]' -cf - o365collector | tar -C "$STAGE" -xf -
+# The simulator and the demo are for a laptop, not for the platform: no function imports them, and in the
+# zip the `simulate` and `demo` commands say they are left out (o365collector/cli.py, LOCAL_ONLY_MODULES).
+tar -C "$ROOT" --exclude='__pycache__' --exclude='*.py[co]' \
+  --exclude='o365collector/simulator' --exclude='o365collector/demo.py' \
+  -cf - o365collector | tar -C "$STAGE" -xf -
 
 SITE="$STAGE/.python_packages/lib/site-packages"
 # --platform/--python-version/--abi select wheels for the Azure runtime, not for this machine;

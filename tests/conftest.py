@@ -18,6 +18,7 @@ from o365collector.config import Settings
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, SimulatorConfig
 from o365collector.simulator.cli import demo_environment
+from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
 
 
@@ -97,3 +98,10 @@ def make_collector(make_env: EnvFactory) -> Iterator[Callable[..., Collector]]:
     yield factory
     for collector in made:
         collector.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    """A loopback HTTP receiver for the http sink (tests that need another receiver define their own)."""
+    with HttpReceiver() as server:
+        yield server

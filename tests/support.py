@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
 from o365collector.models import CONTENT_TYPES
@@ -17,3 +18,8 @@ TENANT = TenantSpec(
     audit_enabled=True,
     subscribed=CONTENT_TYPES,
 )
+
+
+def now() -> dt.datetime:
+    """The time now, in UTC (what the collector's clock reads)."""
+    return dt.datetime.now(dt.UTC)

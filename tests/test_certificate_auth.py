@@ -33,14 +33,11 @@ from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.loopback import LoopbackService, OwnedHandler
 from tests.receivers import HttpReceiver
-from tests.support import TENANT
+from tests.support import TENANT, now
 
 TID = TENANT.tenant_id
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def write_pem(path: Path) -> x509.Certificate:
@@ -158,11 +155,6 @@ class _LoginHandler(OwnedHandler):
         self.end_headers()
         self.wfile.write(body)
 
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 @pytest.fixture

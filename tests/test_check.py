@@ -6,9 +6,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from o365collector import cli
 from o365collector.config import Settings
@@ -301,3 +306,72 @@ def test_token_claims_are_read_without_verifying(token: str, roles: object) -> N
     else:
         assert claims is not None
         assert claims.get("roles") == roles
+
+
+# -- the certificate step ----------------------------------------------------------------------------------
+
+
+def write_certificate(
+    path: Path, *, valid_days: float, key_only: bool = False, cert_only: bool = False, other_key: bool = False
+) -> None:
+    """A PEM with an EC key and a self-signed certificate valid ``valid_days`` from now (negative: expired)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = ec.generate_private_key(ec.SECP256R1()) if other_key else key
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "o365collector check test")])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(signer.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=valid_days))
+        .sign(signer, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = cert.public_bytes(pem)
+    path.write_bytes((b"" if cert_only else private) + (b"" if key_only else public))
+
+
+@pytest.mark.parametrize(
+    ("kind", "verdict", "fragment"),
+    [
+        ("valid", Verdict.OK, "(in 99 days)"),
+        ("expiring", Verdict.WARN, "renew it soon"),
+        ("expired", Verdict.FAIL, "expired on"),
+        ("key only", Verdict.FAIL, "no certificate in PEM form"),
+        ("certificate only", Verdict.FAIL, "no private key in PEM form"),
+        ("mismatched", Verdict.FAIL, "no certificate in the file matches its private key"),
+        ("garbage", Verdict.FAIL, "no private key in PEM form"),
+        ("missing", Verdict.FAIL, "cannot be opened"),
+    ],
+)
+def test_a_single_tenant_certificate_is_checked_before_sign_in(
+    make_env: EnvFactory, tmp_path: Path, kind: str, verdict: Verdict, fragment: str
+) -> None:
+    path = tmp_path / "app.pem"
+    if kind == "garbage":
+        path.write_bytes(b"not a pem at all")
+    elif kind != "missing":
+        write_certificate(
+            path,
+            valid_days={"expiring": 10, "expired": -1}.get(kind, 99.5),
+            key_only=kind == "key only",
+            cert_only=kind == "certificate only",
+            other_key=kind == "mismatched",
+        )
+    env = make_env(O365_CLIENT_CERTIFICATE_PATH=str(path))
+    del env["O365_CLIENT_SECRET"]  # a certificate alone is enough for a single tenant
+    steps = run(env)
+    step = steps["certificate"]
+    assert step.verdict is verdict, step.detail
+    assert fragment in step.detail
+    assert step.detail.startswith(f"O365_CLIENT_CERTIFICATE_PATH: {str(path)!r}") or kind == "missing"
+    if verdict is Verdict.FAIL:
+        assert steps["token"].verdict is Verdict.SKIP  # the sign-in would fail for the same reason
+    else:
+        assert "expires 20" in step.detail  # the expiry date is shown
+        assert step.passed
+        assert steps["token"].verdict is not Verdict.SKIP

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -23,28 +23,20 @@ from o365collector.queue_runner import POISONED_MESSAGE, DrainResult, QueueRunne
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory
+from tests.support import TENANT, EnvFactory, now
 
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
 HUGE = b'"Big":123456789012345678901234567890'  # sends the blob to the exact-integer (stdlib) parser
 
 
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def drain(collector: Collector) -> DrainResult:
     return QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     ).drain()

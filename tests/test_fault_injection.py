@@ -60,7 +60,7 @@ from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator, TenantSpec
 from o365collector.simulator.faults import FaultKind
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory
+from tests.support import TENANT, EnvFactory, now
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +72,6 @@ KILLS = 20
 KILL_SEED = 20260301
 
 
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def backfill(sim: Simulator, *, hours: float, every_minutes: int, records: tuple[int, int] = (1, 12)) -> None:
@@ -106,7 +98,7 @@ def drain(collector: Collector) -> QueueRunner:
     return QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )

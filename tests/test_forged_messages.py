@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -21,21 +21,13 @@ from o365collector.queue_runner import POISONED_MESSAGE, DrainResult, QueueRunne
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver
-from tests.support import TENANT
+from tests.support import TENANT, now
 
 TID = TENANT.tenant_id
 OTHER_TID = "77777777-2222-4333-8444-555555555555"
 CollectorFactory = Callable[..., Collector]
 
 
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def exchange_blobs(sim: Simulator) -> None:
@@ -53,7 +45,7 @@ def drain(collector: Collector) -> DrainResult:
     return QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     ).drain()

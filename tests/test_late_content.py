@@ -36,11 +36,6 @@ class Crash(BaseException):
     """Stands for the process being killed: not an Exception, so no handler in the collector sees it."""
 
 
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
-
 
 class Clock:
     """One clock for the simulator and the collector, moved by the test (never by sleeping)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -75,11 +74,6 @@ def test_a_bad_entry_is_refused_with_every_problem_named_and_no_value_echoed(
 
 # -- across the simulator and Azurite -------------------------------------------------------------------
 
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 def test_bad_entries_are_refused_and_reported_while_every_other_blob_ships_and_the_checkpoint_advances(

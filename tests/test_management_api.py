@@ -22,7 +22,7 @@ from o365collector.management_api import ManagementApiClient, classify_response,
 from o365collector.models import CONTENT_TYPES, TimeWindow
 from o365collector.simulator import Fault, Simulator, TenantSpec
 from tests.loopback import LoopbackService, OwnedHandler
-from tests.support import TENANT, EnvFactory
+from tests.support import TENANT, EnvFactory, now
 
 TID = TENANT.tenant_id
 
@@ -174,9 +174,6 @@ def client(make_env: EnvFactory) -> ManagementApiClient:
     tenant = Settings.from_env(make_env()).tenants[0]
     return ManagementApiClient(tenant, policy=HttpPolicy(backoff_seconds=0.01, max_retry_seconds=10))
 
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def last_day() -> TimeWindow:

@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,11 +27,6 @@ BAD_SECRET = "b3000000-0000-4000-8000-000000000003"
 THROTTLED = "c4000000-0000-4000-8000-000000000004"
 TYPES = ("Audit.Exchange", "Audit.SharePoint", "Audit.General")
 
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from o365collector.models import FetchTask
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.loopback import LoopbackService, OwnedHandler
-from tests.support import TENANT
+from tests.support import TENANT, now
 
 TID = TENANT.tenant_id
 CONTENT_TYPE = "Audit.Exchange"
@@ -45,9 +45,6 @@ CollectorFactory = Callable[..., Collector]
 class Crash(BaseException):
     """Stands for the process being killed: not an Exception, so no handler in the collector sees it."""
 
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class DyingQueue:

@@ -1,5 +1,6 @@
 """The deployment zip from scripts/package.sh holds what the Functions host needs and nothing else,
 and function_app.py imports from it, with only the zip's own dependencies, declaring its functions.
+The simulator and the demo are local tools: the zip leaves them out, and its command line says so.
 
 The zip is built once per test session (a few seconds), offline: scripts/bootstrap.sh has put the Linux
 wheels it vendors in .venv/wheelhouse, and the build may take them from there only (no package index).
@@ -21,12 +22,20 @@ from typing import Any
 import pytest
 
 import o365collector
+from o365collector.cli import LOCAL_ONLY_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = ".python_packages/lib/site-packages/"
 WHEELHOUSE = ROOT / ".venv" / "wheelhouse"  # filled by scripts/bootstrap.sh
 # The runtime the template declares (functionAppConfig.runtime): Linux x86-64, CPython 3.11.
 RUNTIME_EXTENSION = re.compile(r"\.(cpython-311-x86_64-linux-gnu|abi3)\.so$")
+# o365collector.simulator -> o365collector/simulator (a folder), o365collector.demo -> o365collector/demo.py
+LOCAL_ONLY = tuple(name.replace(".", "/") for name in LOCAL_ONLY_MODULES)
+
+
+def local_only(entry: str) -> bool:
+    return any(entry == f"{path}.py" or entry.startswith(f"{path}/") for path in LOCAL_ONLY)
+
 
 IMPORT_AND_LIST = """
 import json, sys
@@ -90,6 +99,7 @@ def test_zip_holds_the_app_at_its_root(entries: list[str]) -> None:
     assert {"function_app.py", "host.json", "requirements.txt"} <= names
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "o365collector").rglob("*") if p.is_file()}
     sources = {s for s in sources if "__pycache__" not in s and not s.endswith((".pyc", ".pyo"))}
+    sources = {s for s in sources if not local_only(s)}
     assert sources <= names, f"missing from the zip: {sorted(sources - names)[:10]}"
 
 
@@ -129,8 +139,17 @@ def test_zip_leaves_out_tests_environments_local_settings_and_tooling(entries: l
     assert top_level == {"function_app.py", "host.json", "requirements.txt", "o365collector", ".python_packages"}
 
 
-def test_function_app_imports_from_the_zip_in_a_clean_environment(package: Path, tmp_path: Path) -> None:
-    """Like the host: the app folder and its vendored site-packages on sys.path, nothing else installed."""
+def test_zip_leaves_out_the_simulator_and_the_demo(entries: list[str]) -> None:
+    assert [n for n in entries if local_only(n)] == []
+    assert local_only("o365collector/simulator/server.py")
+    assert local_only("o365collector/demo.py")
+    assert not local_only("o365collector/demography.py")
+
+
+@pytest.fixture(scope="session")
+def deployed(package: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """Like the host: a clean interpreter, and the sys.path entries that put the zip's app and packages first."""
+    tmp_path = tmp_path_factory.mktemp("deployed")
     app = tmp_path / "wwwroot"
     with zipfile.ZipFile(package) as zf:
         zf.extractall(app)
@@ -145,6 +164,16 @@ def test_function_app_imports_from_the_zip_in_a_clean_environment(package: Path,
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "-r", str(app / "requirements.txt")], check=True
         )
+    return python, paths
+
+
+def test_function_app_imports_from_the_zip_in_a_clean_environment(
+    deployed: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Like the host: the app folder and its vendored site-packages on sys.path, nothing else installed."""
+    python, paths = deployed
+    app = Path(paths[0])
+    runtime_like = len(paths) > 1
     result = subprocess.run(
         [str(python), "-I", "-c", IMPORT_AND_LIST, *paths],
         cwd=tmp_path,
@@ -174,3 +203,40 @@ def test_function_app_imports_from_the_zip_in_a_clean_environment(package: Path,
     if "health" in functions:
         trigger = next(b for b in functions["health"] if b["type"] == "httpTrigger")
         assert trigger["authLevel"] == "FUNCTION"
+
+
+@pytest.mark.parametrize("command", [["simulate", "--port", "8443", "--days", "1"], ["demo", "--days", "1"]])
+def test_local_only_commands_say_they_are_left_out_of_the_zip(
+    deployed: tuple[Path, list[str]], tmp_path: Path, command: list[str]
+) -> None:
+    python, paths = deployed
+    result = subprocess.run(
+        [str(python), "-s", "-m", "o365collector", *command],
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join(paths), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"'{command[0]}' is not part of this install" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_zip_command_line_still_lists_every_command(deployed: tuple[Path, list[str]], tmp_path: Path) -> None:
+    python, paths = deployed
+    result = subprocess.run(
+        [str(python), "-s", "-m", "o365collector", "--help"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join(paths), "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for command in ("run", "check", "status", "replay-poison", "subscriptions", "tenants", "simulate", "demo"):
+        assert re.search(rf"^\s+{re.escape(command)}\s", result.stdout, re.M), command
+    assert "not in this install" in result.stdout

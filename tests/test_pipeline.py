@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -24,7 +24,7 @@ from o365collector.queue_runner import QueueRunner
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT
+from tests.support import TENANT, now
 
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
@@ -34,14 +34,6 @@ class Crash(BaseException):
     """Stands for the process being killed: not an Exception, so no handler in the collector sees it."""
 
 
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def backfill(sim: Simulator, days: float, *, every_minutes: int = 90, types: tuple[str, ...] = CONTENT_TYPES) -> None:
@@ -74,7 +66,7 @@ def drain(collector: Collector) -> QueueRunner:
     return QueueRunner(
         collector.queue,
         collector.poison_queue,
-        lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
+        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
         collector.settings.queue_runner,
         processing_lease=collector.settings.policy.claim_lease,
     )

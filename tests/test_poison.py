@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -25,11 +25,6 @@ from tests.support import TENANT, EnvFactory
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
 
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 def poisoned(simulator: Simulator, receiver: HttpReceiver, make_collector: CollectorFactory) -> tuple[Collector, int]:

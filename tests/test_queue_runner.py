@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -73,11 +73,6 @@ class SlowReceiver(HttpReceiver):
             self._go.wait(self.delay)
         return super()._decide(headers)
 
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 def generate(simulator: Simulator, blobs: int) -> None:

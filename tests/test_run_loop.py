@@ -9,8 +9,10 @@ a blob is being shipped, at a moment chosen by an event, never by sleeping.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,16 +28,13 @@ from azure.storage.queue import QueueClient
 
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory
+from tests.support import TENANT, EnvFactory, now
 
 TID = TENANT.tenant_id
 REPO = Path(__file__).resolve().parents[1]
 CONTENT_TYPE = "Audit.General"
 BATCH = 16  # messages one receive takes (host.json batchSize; the runner's batch): the "current step" at most
 
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class SignallingReceiver(HttpReceiver):
@@ -172,3 +171,33 @@ def test_demo_collects_every_simulated_record_into_ndjson_files(tmp_path: Path) 
     assert records == sum(int(pair.split(" / ")[0]) for pair in counts.values())
     assert re.search(r"^shipped (\d+) blobs", result.stdout, re.MULTILINE)
     assert f"shipped {len(files)} blobs" in result.stdout, "one file per content blob"
+
+
+def test_demo_keep_running_prints_settings_that_status_can_use_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """``demo --keep-running`` leaves Azurite and the simulator up and prints ``export`` lines: with exactly
+    those settings, ``status --json`` reads the demo's own state (every stream listed); Ctrl-C then ends it."""
+    env = child_env({})
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    log = tmp_path / "demo.log"
+    command = [sys.executable, "-m", "o365collector", "--log-level", "WARNING", "demo", "--days", "0.1",
+               "--output", str(tmp_path / "out"), "--keep-running"]  # fmt: skip
+    with log.open("wb") as out:
+        demo = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"keep running" in log.read_bytes(), demo, "the keep-running line", log)
+        exported = dict(re.findall(r"^export (\w+)=(.*)$", log.read_text(), re.MULTILINE))
+        settings = {name: shlex.split(value)[0] if value else "" for name, value in exported.items()}
+        assert {"AzureWebJobsStorage", "O365_TENANT_ID", "O365_API_URL", "REQUESTS_CA_BUNDLE"} <= set(settings)
+        status = subprocess.run(
+            [sys.executable, "-m", "o365collector", "--log-level", "WARNING", "status", "--json"],
+            cwd=REPO, env=child_env(settings), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
+        report = json.loads(status.stdout)
+        assert len(report["streams"]) == 5
+        assert all(stream["last_success_at"] for stream in report["streams"])
+    finally:
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(60)
+    assert code == 0, log.read_text()[-2000:]
+    assert "records per content type" in log.read_text()

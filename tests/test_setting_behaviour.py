@@ -14,7 +14,7 @@ The health thresholds (``O365_HEALTH_MAX_POISON``, ``O365_HEALTH_LOST_DATA_HOURS
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -25,21 +25,13 @@ from o365collector.models import FetchTask
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver
-from tests.support import TENANT
+from tests.support import TENANT, now
 
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
 FEED_ROUTES = {"list", "fetch", "subscriptions", "resources"}
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 # -- PublisherIdentifier --------------------------------------------------------------------------------

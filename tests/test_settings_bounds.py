@@ -246,3 +246,16 @@ def test_a_message_key_too_short_to_resist_guessing_is_refused() -> None:
     assert "O365_MESSAGE_KEY" in str(caught.value)
     assert "short-key" not in str(caught.value)
     assert Settings.from_env(BASE | {"O365_MESSAGE_KEY": "k" * 32}, now=NOW).message_key is not None
+
+
+def test_an_unresolved_key_vault_secret_is_reported_with_the_other_bad_settings() -> None:
+    env = BASE | {
+        "O365_CLIENT_SECRET": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/cs/)",
+        "O365_TENANT_ID": "not-a-guid",
+    }
+    with pytest.raises(InvalidSettingsError) as caught:
+        Settings.from_env(env, now=NOW)
+    settings = [error.setting for error in caught.value.errors]
+    assert settings.count("O365_CLIENT_SECRET") == 1
+    assert "O365_TENANT_ID" in settings
+    assert "Key Vault reference not resolved" in str(caught.value)

@@ -134,7 +134,12 @@ def test_no_successful_listing_within_the_threshold_flips_to_unhealthy(
 
     relaxed = make_collector(clock=lambda: clock["now"], O365_CONTENT_TYPES="Audit.SharePoint",
                              O365_HEALTH_MAX_LISTING_AGE_MINUTES="60")  # fmt: skip
-    assert build_report(relaxed).healthy
+    # Within the listing age the failed run is no longer healthy either: degraded, with the disabled subscription.
+    relaxed_report = build_report(relaxed)
+    assert relaxed_report.problems == []
+    assert relaxed_report.state == "degraded"
+    (warning,) = relaxed_report.degraded
+    assert warning.startswith(f"{TID} Audit.SharePoint: the subscription is disabled (AF20023, ")
 
 
 def test_poisoned_blobs_are_counted_per_stream_with_the_fetch_error(
@@ -266,10 +271,10 @@ def test_status_command_prints_a_table_or_json_and_exits_1_when_unhealthy(
     assert cli.main(["status"]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == [
-        "TENANT", "CONTENT", "TYPE", "CHECKPOINT", "LAG", "LAST", "RUN", "LAST", "SUCCESS", "POISON", "EXPIRED",
-        "LAST", "ERROR",
+        "TENANT", "CONTENT", "TYPE", "STATE", "CHECKPOINT", "LAG", "LAST", "RUN", "LAST", "SUCCESS", "SHIPPED",
+        "POISON", "EXPIRED", "LAST", "ERROR",
     ]  # fmt: skip
-    assert TID in table
+    assert f"{TID[:4]}…{TID[-4:]}" in table  # a short id: the full one is in --json
     assert cli.main(["status", "--json"]) == 0
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["healthy"] is True

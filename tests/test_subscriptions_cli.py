@@ -38,7 +38,7 @@ def test_list_shows_each_configured_type_and_how_to_start_a_disabled_one(
 def test_start_and_stop_change_the_subscription_and_say_what_it_means(
     simulator: Simulator, env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["subscriptions", "stop", "--content-type", "audit.exchange"]) == 0
+    assert cli.main(["subscriptions", "stop", "--content-type", "audit.exchange", "--yes"]) == 0
     assert states(simulator)["Audit.Exchange"] == "disabled"
     out = capsys.readouterr().out
     assert out.startswith(f"{TID} Audit.Exchange: stopped;")
@@ -67,3 +67,43 @@ def test_a_refused_call_is_reported_per_type_and_fails_the_command(
     assert cli.main(["subscriptions", "start", "--content-type", "Audit.Exchange"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{TID} Audit.Exchange: start failed: AADSTS7000215")
+
+
+class _Stdin:
+    """A stand-in for ``sys.stdin`` that is (or is not) a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_stop_without_a_terminal_and_without_yes_is_refused_and_stops_nothing(
+    simulator: Simulator, env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Stdin(tty=False))
+    assert cli.main(["subscriptions", "stop", "--content-type", "Audit.Exchange"]) == 2
+    assert states(simulator)["Audit.Exchange"] == "enabled"
+    err = capsys.readouterr().err
+    assert "can never be retrieved" in err
+    assert "pass --yes" in err
+
+
+@pytest.mark.parametrize(("answer", "code", "state"), [("n", 1, "enabled"), ("", 1, "enabled"), ("y", 0, "disabled")])
+def test_stop_at_a_terminal_asks_and_only_yes_stops(
+    simulator: Simulator,
+    env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answer: str,
+    code: int,
+    state: str,
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr("sys.stdin", _Stdin(tty=True))
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    assert cli.main(["subscriptions", "stop", "--content-type", "Audit.Exchange"]) == code
+    assert states(simulator)["Audit.Exchange"] == state
+    assert len(asked) == 1
+    assert "Stop Audit.Exchange for 1 tenant(s)?" in asked[0]

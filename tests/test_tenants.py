@@ -163,3 +163,63 @@ def test_tenants_command_manages_the_table_and_never_prints_secrets(azurite: Azu
     assert "shared-app-secret" not in listing.stdout + listing.stderr
     assert cli("tenants", "remove", A).returncode == 0
     assert A not in cli("tenants", "list").stdout
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "o365collector", *args], env={"PATH": "/usr/bin:/bin", **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_tenants_list_shows_the_o365_tenants_entries_with_their_source() -> None:
+    """No table registry: `tenants list` lists the O365_TENANTS tenants in effect, each named by its entry."""
+    entries = [
+        {"tenantId": A, "name": "Contoso"},
+        {"tenantId": B, "credential": "setting:O365_SECRET_FABRIKAM", "enabled": False},
+        {"tenantId": APP.replace("c", "e"), "credential": "setting:O365_SECRET_WINGTIP", "cloud": "GCC"},
+    ]
+    env = BASE | {"O365_TENANTS": orjson.dumps(entries).decode(), "O365_SECRET_WINGTIP": "do-not-print-me"}
+    listing = run_cli(env, "tenants", "list")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0] == "source: O365_TENANTS"
+    contoso = next(line for line in lines if line.startswith(A))
+    assert "Contoso" in contoso
+    assert "shared" in contoso
+    assert contoso.endswith("O365_TENANTS[0]")
+    wingtip = next(line for line in lines if line.startswith(APP.replace("c", "e")))
+    assert "GCC" in wingtip
+    assert "setting:O365_SECRET_WINGTIP" in wingtip
+    assert wingtip.endswith("O365_TENANTS[2]")
+    assert B not in listing.stdout  # disabled: not in effect
+    assert "do-not-print-me" not in listing.stdout + listing.stderr
+
+
+def test_tenants_list_shows_the_single_tenant_settings() -> None:
+    env = BASE | {"O365_TENANT_ID": A}
+    listing = run_cli(env, "tenants", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.splitlines()[0].startswith("source: the single-tenant settings")
+    row = next(line for line in listing.stdout.splitlines() if line.startswith(A))
+    assert "secret O365_CLIENT_SECRET" in row
+    assert row.endswith("O365_TENANT_ID")
+    assert "shared-app-secret" not in listing.stdout + listing.stderr
+
+
+def test_tenants_add_with_a_setting_reference_needs_no_secret_on_this_machine(azurite: Azurite) -> None:
+    """The secret lives in the app's settings: the reference's form is checked, its value is not needed here."""
+    env = BASE | {"AzureWebJobsStorage": azurite.connection_string, "O365_TENANT_TABLE": f"tn{uuid.uuid4().hex[:10]}"}
+    added = run_cli(env, "tenants", "add", B, "--credential", "setting:O365_SECRET_FABRIKAM")
+    assert added.returncode == 0, added.stderr
+    assert "O365_SECRET_FABRIKAM" in added.stdout
+    assert "not needed on this machine" in added.stdout
+    # the form is still checked: a reference to any other app setting is refused before anything is stored
+    refused = run_cli(env, "tenants", "add", A, "--credential", "setting:AzureWebJobsStorage")
+    assert refused.returncode == 2
+    assert "tenant.credential" in refused.stderr
+    listing = run_cli(env, "tenants", "list")
+    assert listing.returncode == 0, listing.stdout + listing.stderr  # the row is valid: no INVALID line
+    assert listing.stdout.splitlines()[0].startswith("source: O365_TENANT_TABLE")
+    assert "setting:O365_SECRET_FABRIKAM" in listing.stdout
+    assert A not in listing.stdout

@@ -15,11 +15,10 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from azure.storage.queue import QueueClient
 
 from o365collector.cli import run_once
@@ -27,21 +26,13 @@ from o365collector.models import CONTENT_TYPES
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory
+from tests.support import TENANT, EnvFactory, now
 
 TID = TENANT.tenant_id
 REPO = Path(__file__).resolve().parents[1]
 CollectorFactory = Callable[..., Collector]
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as server:
-        yield server
 
 
 def served(sim: Simulator) -> Counter[str]:

@@ -1,7 +1,9 @@
 """``python -m o365collector simulate``: run the simulator with a demo tenant until SIGINT/SIGTERM.
 
-It prints the settings a collector needs (``export NAME=value`` lines, ready for ``eval``) and keeps
-serving. History is generated for ``--days`` back and one day ahead; future blobs become listable as
+It starts Azurite too (unless ``--no-azurite``) and prints every setting a collector needs, storage
+and a file sink included (``export NAME=value`` lines, ready for ``eval``), so that ``check``,
+``status`` and ``run`` can be tried against it from another shell; then it keeps serving.
+History is generated for ``--days`` back and one day ahead; future blobs become listable as
 their time comes, so a running collector sees a live feed.
 """
 
@@ -12,10 +14,12 @@ import datetime as dt
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
 
+from ..azurite import Azurite, find_azurite, start_azurite
 from .core import Simulator
 from .data import CONTENT_TYPES
 from .faults import Fault
@@ -38,6 +42,40 @@ def demo_environment(sim: Simulator, spec: TenantSpec) -> dict[str, str]:
         "O365_CLIENT_ID": spec.client_id,
         "O365_CLIENT_SECRET": spec.client_secret,
     }
+
+
+def storage_environment(azurite: Azurite, output: Path) -> dict[str, str]:
+    """The settings for Azurite's storage and a file sink in ``output``: with ``demo_environment``, all a
+    collector needs. Azurite was started with the flags the pinned storage SDKs need (``--skipApiVersionCheck``:
+    they speak a newer API version than Azurite knows; ``--loose``)."""
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SINK_TYPE": "file",
+        "SINK_FILE_DIR": str(output),
+    }
+
+
+def print_environment(env: dict[str, str]) -> None:
+    for name, value in env.items():
+        print(f"export {name}={shlex.quote(value)}")
+    print("# then: python -m o365collector check | status | run --once", file=sys.stderr)
+    sys.stdout.flush()
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (the handlers are restored afterwards)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _rate(text: str) -> float:
@@ -70,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--throttle-rate", type=_rate, default=0.0, help="share of API calls answered 403 AF429")
     parser.add_argument("--error-rate", type=_rate, default=0.0, help="share of API calls answered 500 AF50000")
     parser.add_argument("--cert-dir", type=Path, default=None, help="where to write ca.pem (default: a temp folder)")
+    parser.add_argument(
+        "--no-azurite", action="store_true", help="do not start Azurite (storage settings are then yours to set)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("demo-output"), help="the file sink's folder in the printed settings"
+    )
 
 
 def build(args: argparse.Namespace, now: dt.datetime) -> tuple[Simulator, TenantSpec]:
@@ -104,16 +148,19 @@ def build(args: argparse.Namespace, now: dt.datetime) -> tuple[Simulator, Tenant
 
 def run(args: argparse.Namespace) -> int:
     sim, spec = build(args, dt.datetime.now(dt.UTC))
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    azurite: Azurite | None = None
+    if not args.no_azurite:
+        if find_azurite() is None:
+            print("# Azurite not found (run `npm ci`): storage settings are not printed", file=sys.stderr)
+        else:
+            scratch = Path(tempfile.mkdtemp(prefix="o365-simulate-"))
+            azurite = start_azurite(scratch / "azurite")
     sim.start()
     try:
-        for name, value in demo_environment(sim, spec).items():
-            print(f"export {name}={shlex.quote(value)}")
+        env = demo_environment(sim, spec)
+        if azurite is not None:
+            env |= storage_environment(azurite, args.output.resolve())
+        print_environment(env)
         blobs = sim.blobs(spec.tenant_id)
         records = sum(len(b.records) for b in blobs)
         print(
@@ -121,12 +168,10 @@ def run(args: argparse.Namespace) -> int:
             f"(some become listable over the next day); Ctrl+C to stop",
             file=sys.stderr,
         )
-        sys.stdout.flush()
-        while not stop.wait(0.5):
-            pass
+        wait_for_signal()
     finally:
         sim.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if azurite is not None:
+            azurite.stop()
     print(f"# stopped; requests served: {dict(sim.stats.requests)}", file=sys.stderr)
     return 0

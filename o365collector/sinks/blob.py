@@ -56,6 +56,7 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from ..envparse import Environ, Secret, get_bool, get_https_url, get_secret, get_str, parse_guid, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record, utc
+from ..redaction import redact
 from .batching import NDJSON, serialize
 from .file import safe_name
 
@@ -297,7 +298,23 @@ def _container_missing(err: AzureError) -> bool:
 
 def _first_line(err: AzureError) -> str:
     text = str(getattr(err, "message", None) or err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    return _clip(text[0], 200) if text else type(err).__name__
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` redacted, on one line, and cut at a word boundary with an ellipsis when longer than ``limit``.
+
+    Redacted before it is cut (a cut secret no longer matches), and cut between words: a message that ends
+    mid-word reads as if the sign-in error itself were garbled.
+    """
+    flat = " ".join(redact(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # one very long token (a URL) is cut inside rather than dropped whole
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.(") + "…"
 
 
 def _account(client: ContainerClient) -> str:

@@ -76,6 +76,7 @@ from .. import __version__
 from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str, parse_guid, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..models import BlobContext, Record
+from ..redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -487,18 +488,18 @@ class LogAnalyticsSink:
         return SinkPermanentError(f"{where}: the service refused the records (does the DCR's stream declaration fit?)")
 
     def _sign_in_error(self, err: ClientAuthenticationError) -> CollectorError:
-        text = " ".join(str(err.message or err).split())
+        text = _clip(str(err.message or err), 300)
         for code, hint in _AADSTS_HINTS.items():
             if code in text:
                 return SinkPermanentError(f"sign-in for the Logs Ingestion API failed: {code}: {hint}")
         if isinstance(err, CredentialUnavailableError):
             return SinkPermanentError(
-                f"no credential for the Logs Ingestion API is available ({text[:300]}): in Azure, enable the app's "
+                f"no credential for the Logs Ingestion API is available ({text}): in Azure, enable the app's "
                 "managed identity (SINK_LOGANALYTICS_CLIENT_ID for a user-assigned one); elsewhere set "
                 "SINK_LOGANALYTICS_TENANT_ID, SINK_LOGANALYTICS_APP_CLIENT_ID and SINK_LOGANALYTICS_CLIENT_SECRET"
             )
         # The login service being slow or unreachable passes; the queue redelivers.
-        return SinkTransientError(f"sign-in for the Logs Ingestion API failed: {text[:300]}")
+        return SinkTransientError(f"sign-in for the Logs Ingestion API failed: {text}")
 
     def _transport_error(self, err: AzureError) -> CollectorError:
         causes = list(error_chain(err))
@@ -543,6 +544,22 @@ class _ServiceError:
         if self.code or self.message:
             return f" ({self.code or self.message})"
         return ""
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` redacted, on one line, and cut at a word boundary with an ellipsis when longer than ``limit``.
+
+    Redacted before it is cut (a cut secret no longer matches), and cut between words: a message that ends
+    mid-word reads as if the sign-in error itself were garbled.
+    """
+    flat = " ".join(redact(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # one very long token (a URL) is cut inside rather than dropped whole
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.(") + "…"
 
 
 def _retry_after(response: Any) -> float | None:
