@@ -115,6 +115,7 @@ class TokenProvider:
         *,
         session: requests.Session | None = None,
     ) -> None:
+        self._tenant = tenant
         self._scope = tenant.token_scope
         self._credential = credential or build_credential(tenant, session=session)
 
@@ -122,12 +123,13 @@ class TokenProvider:
         try:
             return self._credential.get_token(self._scope).token
         except ClientAuthenticationError as err:
-            message = explain_auth_error(err)
+            message = self._tenant.in_own_terms(explain_auth_error(err))
             scrub_exception(err)  # chained as the cause: whoever prints ours with its causes sees redacted text
             if any(code in message for code in AADSTS_HINTS):
                 raise ApiPermanentError(message, code=message.split(":")[0]) from err
             if "authority configuration" in message:
                 # MSAL's answer when the login host does not know the tenant (no AADSTS code survives).
-                raise ApiPermanentError(f"AADSTS90002: {AADSTS_HINTS['AADSTS90002']}", code="AADSTS90002") from err
+                hint = self._tenant.in_own_terms(AADSTS_HINTS["AADSTS90002"])
+                raise ApiPermanentError(f"AADSTS90002: {hint}", code="AADSTS90002") from err
             # Network trouble or a login-service hiccup: worth retrying.
             raise ApiTransientError(message) from err

@@ -96,6 +96,16 @@ class TenantConfig:
     sinks: tuple[str, ...] | None = None
     """Names of the configured sinks this tenant's records go to (None: all of them)."""
     name: str | None = None
+    setting_names: tuple[tuple[str, str], ...] = ()
+    """(single-tenant setting, where this tenant's value really lives) for a registry entry, e.g.
+    ("O365_TENANT_ID", "O365_TENANTS[2].tenantId"): hints written for the single-tenant settings are
+    renamed with it, so an admin is sent to the entry and not to settings that play no part."""
+
+    def in_own_terms(self, text: str) -> str:
+        """``text`` with the single-tenant setting names it mentions replaced by this tenant's own."""
+        for setting, own in self.setting_names:
+            text = text.replace(setting, own)
+        return text
 
     @property
     def token_scope(self) -> str:

@@ -334,6 +334,8 @@ class ManagementApiClient:
         if response.status_code < 300:
             return response
         error = classify_response(response.status_code, response.content, response.headers, self.tenant.tenant_id, what)
+        # The hints name the single-tenant settings; a registry tenant's values live in its entry.
+        error.args = (self.tenant.in_own_terms(str(error)), *error.args[1:])
         if isinstance(error, ApiTransientError) and error.throttled:
             self._count("throttled")
         raise error

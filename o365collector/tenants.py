@@ -167,7 +167,24 @@ def tenant_from_entry(
         enabled=enabled,
         sinks=sinks,
         name=_text(entry, "name", where),
+        setting_names=_setting_names(entry, where),
     )
+
+
+def _setting_names(entry: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    """Where an entry's values live, in the terms of the single-tenant settings hints are written in.
+
+    Values the entry leaves to the deployment-wide settings (a shared app's O365_CLIENT_ID and secret)
+    keep their names: that is where the admin must look for them."""
+    names = [("O365_TENANT_ID", f"{where}.tenantId")]
+    if entry.get("clientId"):
+        names.append(("O365_CLIENT_ID", f"{where}.clientId"))
+    kind, _, reference = str(entry.get("credential") or "shared").partition(":")
+    if kind == "setting" and reference:
+        names.append(("O365_CLIENT_SECRET", f"{reference} (named by {where}.credential)"))
+    if entry.get("cloud"):
+        names.append(("O365_CLOUD", f"{where}.cloud"))
+    return tuple(names)
 
 
 def _text(entry: Mapping[str, Any], key: str, where: str) -> str | None:

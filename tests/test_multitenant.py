@@ -101,6 +101,10 @@ def test_many_tenants_share_one_deployment_and_a_broken_tenant_is_skipped(
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lister run failed")]
     assert len(failed) == len(TYPES)
     assert all(BAD_SECRET in m and "AADSTS7000215" in m for m in failed)
+    # the hint sends the admin to the entry's own secret setting, not to O365_CLIENT_SECRET
+    bad_index = [*HEALTHY, BAD_SECRET, THROTTLED].index(BAD_SECRET)
+    own = f"O365_SECRET_{bad_index} (named by O365_TENANTS[{bad_index}].credential)"
+    assert all(own in m and "O365_CLIENT_SECRET" not in m for m in failed), failed[0]
     # the broken tenant's credentials were tried once, not once per content type
     token_calls = [e for e in fleet.stats.recent if e.route == "token" and e.tenant_id == BAD_SECRET]
     assert len(token_calls) == 1
