@@ -14,7 +14,9 @@ scripted number of queries, read once), ``/services/collector/health``.
 
 ``BulkServer``: ``GET /``, ``HEAD /<index>``, ``POST [/<index>]/_bulk`` (NDJSON, ``create`` only, ids
 kept per index so a second create answers 409), ApiKey or basic authentication, per-item scripted
-429s and mapping errors, automatic index creation on or off.
+429s and mapping errors, automatic index creation on or off. Optionally a data stream's side of a write:
+a ``default_pipeline`` run on each document before it is stored (it may set ``_id``, as an ingest
+pipeline's ``ctx._id`` does), and ``require_timestamp`` refusing a document without ``@timestamp``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -297,8 +300,13 @@ class BulkServer(LoopbackBackend):
         indexes: set[str] | None = None,
         auto_create: bool = True,
         monitor_privilege: bool = True,
+        default_pipeline: Callable[[str | None, Any], tuple[str | None, Any]] | None = None,
+        require_timestamp: bool = False,
     ) -> None:
         super().__init__(tls=tls)
+        self.default_pipeline = default_pipeline
+        """(request _id, source) -> (_id, source) for every document, as the index's default pipeline."""
+        self.require_timestamp = require_timestamp
         self.api_key = api_key
         self.basic = basic
         self.auto_create = auto_create
@@ -387,8 +395,12 @@ class BulkServer(LoopbackBackend):
             source = json.loads(source_line)
             index = meta.get("_index") or path_index
             with self.lock:
-                self.actions.append((action, source))
-                items.append({"create": self._create(index, meta.get("_id"), source)})
+                self.actions.append((action, source))  # as received, before any pipeline
+            doc_id = meta.get("_id")
+            if self.default_pipeline is not None:
+                doc_id, source = self.default_pipeline(doc_id, source)
+            with self.lock:
+                items.append({"create": self._create(index, doc_id, source)})
         errors = any(item["create"]["status"] >= 300 for item in items)
         return json_reply(200, {"took": 3, "errors": errors, "items": items})
 
@@ -406,6 +418,8 @@ class BulkServer(LoopbackBackend):
             )
         if index not in self.documents and not self.auto_create:
             return failed(404, "index_not_found_exception", f"no such index [{index}]")
+        if self.require_timestamp and not (isinstance(source, dict) and "@timestamp" in source):
+            return failed(400, "document_parsing_exception", "data stream timestamp field [@timestamp] is missing")
         if script.throttle:
             script.throttle -= 1
             return failed(429, "es_rejected_execution_exception", "rejected execution of coordinating operation")

@@ -1,7 +1,9 @@
-"""A loopback syslog receiver for tests: octet-counted frames (RFC 6587 / RFC 5425) over TCP or TLS.
+"""A loopback syslog receiver for tests: octet-counted or LF-framed messages (RFC 6587 / RFC 5425) over TCP or TLS.
 
-``SyslogServer`` binds 127.0.0.1 (a free port) and, once listening, reads frames ``MSG-LEN SP
-SYSLOG-MSG`` on every connection, each in its own thread, and parses each SYSLOG-MSG strictly as RFC
+``SyslogServer`` binds 127.0.0.1 (a free port) and, once listening, reads frames on every connection,
+each in its own thread: ``MSG-LEN SP SYSLOG-MSG`` by default, ``SYSLOG-MSG LF`` with ``framing="lf"``
+(as Logstash's syslog input and Fluent Bit read them: every LF ends a message, so a raw LF inside a
+message splits it and the halves fail to parse). It parses each SYSLOG-MSG strictly as RFC
 5424 (header fields, structured data with its escapes, MSG). A frame or message it cannot read is
 recorded in ``errors`` and ends that connection, so a test that expects none fails loudly.
 
@@ -41,7 +43,7 @@ _TIMESTAMP = re.compile(
 
 
 class FrameError(ValueError):
-    """The stream or a message does not follow RFC 6587 octet counting / RFC 5424."""
+    """The stream or a message does not follow RFC 6587 framing / RFC 5424."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,20 @@ def read_frame(stream: BinaryIO, max_bytes: int) -> bytes | None:
     return body
 
 
+def read_line(stream: BinaryIO, max_bytes: int) -> bytes | None:
+    """The next SYSLOG-MSG of an LF-framed stream (without its LF); None at a clean end of stream."""
+    line = stream.readline(max_bytes + 1)
+    if not line:
+        return None
+    if not line.endswith(b"\n"):
+        if len(line) > max_bytes:
+            raise FrameError(f"message above the receiver's limit of {max_bytes} bytes")
+        raise FrameError(f"the stream ended inside a message ({len(line)} bytes without LF)")
+    if line == b"\n":
+        raise FrameError("an empty message (two LFs in a row)")
+    return line[:-1]
+
+
 def make_client_cert(directory: Path) -> tuple[Path, Path]:
     """A client certificate (EKU clientAuth) and its key; returns (cert, key) paths.
 
@@ -205,12 +221,16 @@ class SyslogServer:
         self,
         *,
         tls: bool = False,
+        framing: str = "octet-counting",
         listening: bool = True,
         client_ca: str | Path | None = None,
         max_frame_bytes: int = 1024 * 1024,
         max_connections: int = 16,
         timeout: float = 10.0,
     ) -> None:
+        if framing not in ("octet-counting", "lf"):
+            raise ValueError(f"framing {framing!r}")
+        self._read = read_line if framing == "lf" else read_frame
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
         self.timeout = timeout
@@ -368,7 +388,7 @@ class SyslogServer:
                     self._open[number] = conn
             stream = conn.makefile("rb")
             while True:
-                frame = read_frame(stream, self.max_frame_bytes)
+                frame = self._read(stream, self.max_frame_bytes)
                 if frame is None:
                     return
                 message = parse_syslog_message(frame, number)

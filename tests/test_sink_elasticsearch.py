@@ -487,6 +487,7 @@ def test_settings_defaults() -> None:
     assert settings.url == "https://es.example.com:9200"
     assert settings.index == "logs-o365-default"
     assert (settings.api_key, settings.username, settings.password, settings.pipeline) == (None, None, None, None)
+    assert (settings.shape, settings.preserve_original) == ("raw", False)  # not the integration's data stream
     assert (settings.batch_max_bytes, settings.batch_max_records) == (5 * 1024 * 1024, 2000)
     assert (settings.timeout_seconds, settings.max_attempts, settings.max_retry_seconds) == (60.0, 5, 60.0)
     assert settings.name == "elasticsearch"

@@ -208,6 +208,31 @@ def test_check_creates_the_folder_and_leaves_nothing(tmp_path: Path, sink: FileS
     assert list((tmp_path / "out").iterdir()) == []
 
 
+# -- the Wazuh wrapper
+
+
+def test_wazuh_wrapper_writes_each_record_under_office365(tmp_path: Path) -> None:
+    """SINK_FILE_WRAPPER=wazuh: every line, read as a Wazuh localfile with log_format json reads it, is
+    {"integration":"office365","office365":<record>}, and the record round-trips exactly; a line feed in a
+    field stays inside its line."""
+    sink = FileSinkSettings.from_env({"SINK_FILE_DIR": str(tmp_path / "out"), "SINK_FILE_WRAPPER": "Wazuh"}).create()
+    given = [*records(3), {"Id": "n", "Text": "one\ntwo\r\n", "Nested": {"List": [1, 2.5, None]}, "Huge": 10**30}]
+    sink.send(given, context())
+
+    lines = sink.path_for(context()).read_bytes().split(b"\n")
+    assert lines[-1] == b""  # newline-terminated, one line per record
+    events = [json.loads(line) for line in lines[:-1]]
+    assert [list(event) for event in events] == [["integration", "office365"]] * len(given)
+    assert {event["integration"] for event in events} == {"office365"}
+    assert [event["office365"] for event in events] == given
+
+
+def test_records_are_written_bare_by_default(tmp_path: Path, sink: FileSink) -> None:
+    assert FileSinkSettings.from_env({"SINK_FILE_DIR": str(tmp_path)}).wrapper == "none"
+    sink.send(records(2), context())
+    assert read_ndjson(sink.path_for(context())) == records(2)
+
+
 # -- settings
 
 
@@ -218,6 +243,9 @@ def test_settings_require_the_folder() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_sink_settings({"SINK_TYPE": "file", "SINK_FILE_DIR": "  "})
     assert caught.value.setting == "SINK_FILE_DIR"
+    with pytest.raises(ConfigError) as caught:
+        FileSinkSettings.from_env({"SINK_FILE_DIR": "/tmp/x", "SINK_FILE_WRAPPER": "ossec"})
+    assert caught.value.setting == "SINK_FILE_WRAPPER"
 
 
 def test_registry_builds_the_file_sink(tmp_path: Path) -> None:

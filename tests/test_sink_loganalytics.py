@@ -82,6 +82,11 @@ def audit_records(count: int, *, start: int = 0, pad: int = 0, seed: int = 7) ->
     ]
 
 
+def shipped(records: list[Record]) -> list[Record]:
+    """What the sink uploads for ``records``: each one's fields, plus the whole record in ``AuditRecord``."""
+    return [{**record, "AuditRecord": record} for record in records]
+
+
 def sink_env(backend: LogsIngestionBackend, **overrides: str) -> dict[str, str]:
     return {
         "SINK_LOGANALYTICS_ENDPOINT": backend.url,
@@ -140,7 +145,7 @@ class StaticCredential:
 # -- wire format
 
 
-def test_upload_speaks_the_logs_ingestion_protocol_and_sends_records_unchanged(
+def test_upload_speaks_the_logs_ingestion_protocol_and_sends_records_unchanged_plus_the_whole_record(
     backend: LogsIngestionBackend, make_sink: SinkFactory
 ) -> None:
     records = audit_records(3)
@@ -155,9 +160,10 @@ def test_upload_speaks_the_logs_ingestion_protocol_and_sends_records_unchanged(
     assert upload.headers["content-encoding"] == "gzip"
     assert upload.headers["authorization"].startswith("Bearer ")
     assert "o365collector/" in upload.headers["user-agent"]
-    assert json.loads(upload.body) == before  # the JSON array, after undoing gzip
-    # Unchanged: no TimeGenerated column added (the DCR's transformation sets it), nothing renamed.
-    assert backend.records == before
+    # The JSON array, after undoing gzip: each record's fields unchanged (no TimeGenerated added, the DCR's
+    # transformation sets it; nothing renamed), plus the whole record in AuditRecord, the stream's catch-all.
+    assert json.loads(upload.body) == shipped(before)
+    assert backend.records == shipped(before)
     assert records == before, "the caller's records were modified"
     assert backend.token_requests == 1
 
@@ -176,7 +182,7 @@ def test_a_blob_above_one_mebibyte_is_split_into_calls_of_at_most_one_mebibyte(
         items = upload.records or []
         # The SDK's chunk rule: the items' JSON adds up to at most 1 MiB.
         assert sum(len(json.dumps(item).encode()) for item in items) <= MAX_CONTENT_LENGTH
-    assert backend.records == records  # every record once, in order
+    assert backend.records == shipped(records)  # every record once, in order
 
 
 def test_nothing_to_send_makes_no_call(backend: LogsIngestionBackend, make_sink: SinkFactory) -> None:
@@ -196,7 +202,7 @@ def test_throttling_and_unavailability_are_retried_by_the_sdk_then_succeed(
     with caplog.at_level(logging.WARNING, logger="o365collector"):
         make_sink(SINK_LOGANALYTICS_MAX_RETRIES="3").send(records, CONTEXT)
     assert [u.status for u in backend.uploads] == [429, 503, 204]
-    assert backend.records == records
+    assert backend.records == shipped(records)
     (warning,) = [r for r in caplog.records if r.name == "o365collector.sinks.loganalytics"]
     assert "after 2 retried answers" in warning.getMessage()
 
@@ -525,7 +531,7 @@ def test_end_to_end_an_outage_of_the_ingestion_endpoint_loses_nothing_and_duplic
     by_id = {r["Id"]: r for r in backend.records}
     for blob in simulator.blobs(TENANT.tenant_id):
         for record in blob.records:
-            assert by_id[record["Id"]] == record
+            assert by_id[record["Id"]] == shipped([record])[0]
 
 
 # -- the optional ARM template
@@ -555,7 +561,7 @@ def test_template_parameters_and_variables_are_all_defined_and_used() -> None:
 def test_template_deploys_table_dcr_and_role_with_the_sink_defaults() -> None:
     body = template()
     assert body["$schema"].endswith("deploymentTemplate.json#")
-    assert body["parameters"]["tableName"]["defaultValue"] == "O365AuditLogs_CL"
+    assert body["parameters"]["tableName"]["defaultValue"] == "O365OfficeActivity_CL"
     assert body["parameters"]["streamName"]["defaultValue"] == DEFAULT_STREAM
     dcr = resource("Microsoft.Insights/dataCollectionRules")
     assert dcr["kind"] == "Direct"

@@ -231,6 +231,118 @@ def test_header_settings_reach_the_wire(server: SyslogServer, make_sink: SinkFac
     assert message.sd("audit@55555.1")["recordIndex"] == "0"
 
 
+# -- newline framing and the Wazuh wrapper
+
+
+@pytest.fixture
+def lf_server() -> Iterator[SyslogServer]:
+    with SyslogServer(framing="lf") as receiver:
+        yield receiver
+
+
+def wazuh_decode(message: SyslogMessage) -> Any:
+    """What a Wazuh JSON decoder sees: the MSG as JSON, which its office365 rules match on ``integration``."""
+    event = json.loads(message.msg)
+    assert isinstance(event, dict)
+    assert list(event) == ["integration", "office365"]
+    assert event["integration"] == "office365"
+    return event["office365"]
+
+
+def test_lf_framing_sends_one_line_per_record_even_with_newlines_in_fields(
+    lf_server: SyslogServer, make_sink: SinkFactory
+) -> None:
+    """With SINK_SYSLOG_FRAMING=lf a receiver that ends a message at every LF (Logstash, Fluent Bit) gets
+    exactly one message per record, also when a field or the content id holds a line feed."""
+    nasty_id = "blob\n<13>1 - - - - - injected\r\nend"
+    sent = [
+        {"Id": "x", "Text": "line one\nline two\r\n\u2028 Zoë"},
+        {"Id": "y", "Text": "\n\n", "Big": 2**64},  # orjson, then the fallback
+        *records(3),
+    ]
+    sink = make_sink(lf_server, SINK_SYSLOG_FRAMING="LF")
+    sink.send(sent, context(content_id=nasty_id))
+    sink.close()
+    lf_server.wait_idle()
+
+    messages = lf_server.messages
+    assert lf_server.errors == []
+    assert [json.loads(m.msg) for m in messages] == sent  # one message each, round-tripping exactly
+    assert [m.sd(SD_ID)["contentId"] for m in messages] == [printable(nasty_id)] * len(sent)
+    assert [m.sd(SD_ID)["recordIndex"] for m in messages] == [str(i) for i in range(len(sent))]
+
+
+def test_lf_framing_applies_to_split_chunks(lf_server: SyslogServer, make_sink: SinkFactory) -> None:
+    sink = make_sink(
+        lf_server, SINK_SYSLOG_FRAMING="lf", SINK_SYSLOG_MAX_MESSAGE_BYTES="1024", SINK_SYSLOG_OVERSIZE="split"
+    )
+    given = [records(1)[0], big_record(5_000) | {"Extra": "a\nb"}, records(1, tag="after")[0]]
+    sink.send(given, context())
+    sink.close()
+    lf_server.wait_idle()
+
+    assert lf_server.errors == []
+    assert len(lf_server.messages) > 3
+    assert all(len(m.raw) <= 1024 for m in lf_server.messages)
+    assert reassemble(lf_server.messages) == given
+
+
+def test_octet_counting_stays_the_default_framing(server: SyslogServer, make_sink: SinkFactory) -> None:
+    """The default still writes MSG-LEN SP SYSLOG-MSG, which the octet-counting receiver parses."""
+    sink = make_sink(server)
+    sink.send(records(2), context())
+    sink.close()
+    server.wait_idle()
+    assert server.errors == []
+    assert [json.loads(m.msg) for m in server.messages] == records(2)
+
+
+@pytest.mark.parametrize("framing", ["lf", "octet-counting"])
+def test_wazuh_wrapper_puts_each_record_under_office365(framing: str, make_sink: SinkFactory) -> None:
+    """SINK_SYSLOG_WRAPPER=wazuh: each MSG is {"integration":"office365","office365":<record>}, the shape
+    Wazuh's stock office365 rules decode, and the record under office365 round-trips exactly."""
+    given = [*records(3), {"Id": "n", "Text": "one\ntwo \u2028", "Nested": {"List": [1, 2.5, None]}, "Huge": 10**30}]
+    with SyslogServer(framing=framing) as receiver:
+        sink = make_sink(receiver, SINK_SYSLOG_FRAMING=framing, SINK_SYSLOG_WRAPPER="wazuh")
+        sink.send(given, context())
+        sink.close()
+        receiver.wait_idle()
+        messages = receiver.messages
+        assert receiver.errors == []
+    assert [wazuh_decode(m) for m in messages] == given
+    assert [m.msg for m in messages[:3]] == [
+        b'{"integration":"office365","office365":' + serialize(r) + b"}" for r in given[:3]
+    ]
+
+
+def test_wazuh_wrapped_split_chunks_reassemble_to_the_wrapped_record(
+    lf_server: SyslogServer, make_sink: SinkFactory
+) -> None:
+    sink = make_sink(
+        lf_server,
+        SINK_SYSLOG_FRAMING="lf",
+        SINK_SYSLOG_WRAPPER="wazuh",
+        SINK_SYSLOG_MAX_MESSAGE_BYTES="1024",
+        SINK_SYSLOG_OVERSIZE="split",
+    )
+    given = big_record(5_000)
+    sink.send([given], context())
+    sink.close()
+    lf_server.wait_idle()
+    assert reassemble(lf_server.messages) == [{"integration": "office365", "office365": given}]
+
+
+def test_an_lf_receiver_cannot_read_octet_counting() -> None:
+    """Why the setting exists: the LF receiver refuses an octet-counted stream instead of misreading it."""
+    with SyslogServer(framing="lf") as receiver:
+        sink = SyslogSink(SyslogSinkSettings.from_env(env_for(receiver)), clock=lambda: NOW)
+        sink.send(records(1), context())
+        sink.close()
+        receiver.wait_idle()
+        assert receiver.messages == []
+        assert len(receiver.errors) == 1
+
+
 def test_concurrent_sends_never_interleave_frames(server: SyslogServer, make_sink: SinkFactory) -> None:
     sink = make_sink(server)
     threads = [
@@ -476,6 +588,7 @@ def test_settings_defaults() -> None:
     assert (settings.facility, settings.severity, settings.app_name) == (16, 6, "o365collector")
     assert settings.max_message_bytes == 65536
     assert settings.oversize == "reject"
+    assert (settings.framing, settings.wrapper) == ("octet-counting", "none")
     assert settings.structured_data
     assert settings.sd_id == SD_ID
     assert settings.hostname == "".join(c for c in socket.gethostname() if "!" <= c <= "~")[:255] or "-"
@@ -515,6 +628,8 @@ def test_facility_and_severity_by_name_or_number(facility: str, severity: str, p
         ("SINK_SYSLOG_SD_ID", {"SINK_SYSLOG_SD_ID": "bad=name@123"}),
         ("SINK_SYSLOG_MAX_MESSAGE_BYTES", {"SINK_SYSLOG_MAX_MESSAGE_BYTES": "100"}),
         ("SINK_SYSLOG_OVERSIZE", {"SINK_SYSLOG_OVERSIZE": "drop"}),
+        ("SINK_SYSLOG_FRAMING", {"SINK_SYSLOG_FRAMING": "crlf"}),
+        ("SINK_SYSLOG_WRAPPER", {"SINK_SYSLOG_WRAPPER": "ossec"}),
         ("SINK_SYSLOG_CA_FILE", {"SINK_SYSLOG_PROTOCOL": "tcp", "SINK_SYSLOG_CA_FILE": "/ca.pem"}),
         ("SINK_SYSLOG_CLIENT_KEY_FILE", {"SINK_SYSLOG_CLIENT_KEY_FILE": "/key.pem"}),
         ("SINK_SYSLOG_CONNECT_TIMEOUT_SECONDS", {"SINK_SYSLOG_CONNECT_TIMEOUT_SECONDS": "0"}),

@@ -19,6 +19,20 @@ A record without a usable ``Id`` (missing, not a string or number, or an ``_id``
 bytes Elasticsearch allows) is sent without ``_id``: Elasticsearch assigns one, and a redelivery would
 store it again.
 
+Document shapes (``SINK_ELASTICSEARCH_SHAPE``): ``raw`` sends the record itself as the document, as
+above. ``integration`` shapes it for Elastic's o365 integration (data stream
+``logs-o365.audit-<namespace>``), whose default ingest pipeline maps the ECS fields its dashboards and
+Elastic's detection rules read: ``{"o365audit":<record as served>,"data_stream":{...},"event":{...}}``,
+plus ``event.original`` (the record's text) and the ``preserve_original_event`` tag when
+SINK_ELASTICSEARCH_PRESERVE_ORIGINAL is on. ``auto`` (the default) is ``integration`` exactly when the
+index is such a data stream and no ``SINK_ELASTICSEARCH_PIPELINE`` is named: ``?pipeline=`` would
+replace the data stream's default pipeline, so the integration shape never sends one.
+
+The integration shape sends no ``_id``: the integration's pipeline sets ``_id`` to a fingerprint of
+``o365audit.Id`` whatever the request says, so that fingerprint is the idempotency key, and a
+redelivered record answers 409 as above. It is not scoped by tenant: two tenants' records with the
+same ``Id`` would share it (``Id`` values are GUIDs minted by the service, so in practice they do not).
+
 Authentication: ``Authorization: ApiKey <SINK_ELASTICSEARCH_API_KEY>`` (the ``encoded`` value of an API
 key; an ``id:api_key`` pair is encoded here), or HTTP basic with SINK_ELASTICSEARCH_USERNAME/PASSWORD,
 or none.
@@ -58,7 +72,8 @@ from urllib.parse import quote
 import orjson
 import requests
 
-from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str
+from ..content import ContentRecords
+from ..envparse import Environ, Secret, get_bool, get_choice, get_float, get_int, get_secret, get_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record
 from ..redaction import register_secret
@@ -89,6 +104,11 @@ _VISIBLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 # Index and data stream names: lower case, none of \ / * ? " < > | , # : or space, not starting with - _ +.
 _INDEX_NAME = re.compile(r'^[^-_+A-Z\\/*?"<>|,# :][^A-Z\\/*?"<>|,# :]*$')
 _PIPELINE_NAME = re.compile(r"^[^\s]+$")
+# The data stream of Elastic's o365 integration: logs-o365.audit-<namespace>.
+_INTEGRATION_STREAM = re.compile(r"^logs-o365\.audit-(?P<namespace>.+)$")
+INTEGRATION_DATASET = "o365.audit"
+PRESERVE_ORIGINAL_TAG = "preserve_original_event"  # the integration's pipeline keeps event.original only with it
+SHAPES = ("auto", "raw", "integration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +124,10 @@ class ElasticsearchSinkSettings:
     username: str | None = None
     password: Secret | None = field(default=None, repr=False)
     pipeline: str | None = None
+    shape: str = "raw"
+    """``raw`` (the record as the document) or ``integration`` (shaped for Elastic's o365 integration);
+    ``auto`` is resolved when the settings are parsed."""
+    preserve_original: bool = False
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     batch_max_records: int = DEFAULT_BATCH_MAX_RECORDS
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
@@ -140,6 +164,7 @@ class ElasticsearchSinkSettings:
         pipeline = get_str(env, "SINK_ELASTICSEARCH_PIPELINE")
         if pipeline is not None and not _PIPELINE_NAME.match(pipeline):
             raise ConfigError("SINK_ELASTICSEARCH_PIPELINE", "must be an ingest pipeline id without spaces")
+        shape = _document_shape(env, index, pipeline)
         return cls(
             url=url,
             index=index,
@@ -147,6 +172,8 @@ class ElasticsearchSinkSettings:
             username=username,
             password=password,
             pipeline=pipeline,
+            shape=shape,
+            preserve_original=get_bool(env, "SINK_ELASTICSEARCH_PRESERVE_ORIGINAL", False),
             batch_max_bytes=get_int(
                 env,
                 "SINK_ELASTICSEARCH_BATCH_MAX_BYTES",
@@ -177,6 +204,32 @@ class ElasticsearchSinkSettings:
         if self.username is not None:
             return "SINK_ELASTICSEARCH_USERNAME / SINK_ELASTICSEARCH_PASSWORD"
         return "SINK_ELASTICSEARCH_API_KEY or SINK_ELASTICSEARCH_USERNAME / SINK_ELASTICSEARCH_PASSWORD (none is set)"
+
+
+def _document_shape(env: Environ, index: str, pipeline: str | None) -> str:
+    """``SINK_ELASTICSEARCH_SHAPE`` resolved: ``auto`` is ``integration`` for the integration's data stream.
+
+    ``auto`` keeps the raw shape when a pipeline is named: documents then go through that pipeline (our
+    earlier advice for data streams), which was written for the raw record, not for ``o365audit``.
+    """
+    shape = get_choice(env, "SINK_ELASTICSEARCH_SHAPE", "auto", SHAPES)
+    stream = _INTEGRATION_STREAM.match(index)
+    if shape == "auto":
+        return "integration" if stream is not None and pipeline is None else "raw"
+    if shape == "integration":
+        if stream is None:
+            raise ConfigError(
+                "SINK_ELASTICSEARCH_SHAPE",
+                f"'integration' needs SINK_ELASTICSEARCH_INDEX to be the o365 integration's data stream "
+                f"logs-o365.audit-<namespace> (got {index!r})",
+            )
+        if pipeline is not None:
+            raise ConfigError(
+                "SINK_ELASTICSEARCH_SHAPE",
+                "'integration' cannot be used with SINK_ELASTICSEARCH_PIPELINE: ?pipeline= would replace the "
+                "integration's own pipeline (unset SINK_ELASTICSEARCH_PIPELINE)",
+            )
+    return shape
 
 
 def _encoded_api_key(key: Secret) -> Secret:
@@ -211,6 +264,32 @@ def document_id(record: Record, tenant_id: str) -> str | None:
     if len(text.encode()) > MAX_ID_BYTES:
         return None
     return text
+
+
+def integration_document(record_json: bytes, namespace: str, *, preserve_original: bool) -> bytes:
+    """The document Elastic's o365 integration expects, around one record's JSON (an object).
+
+    The record goes under ``o365audit`` byte for byte (its pipeline maps ECS fields from there, then
+    renames it ``o365.audit``); ``data_stream.*`` and ``event.dataset`` carry the values the data
+    stream's ``constant_keyword`` fields hold, as Elastic Agent sends them. With ``preserve_original``
+    the record's text also goes to ``event.original`` with the tag that makes the pipeline keep it.
+    """
+    event: dict[str, str] = {"module": "o365", "dataset": INTEGRATION_DATASET}
+    if preserve_original:
+        event["original"] = record_json.decode("utf-8")
+    stream = {"type": "logs", "dataset": INTEGRATION_DATASET, "namespace": namespace}
+    parts = [b'{"o365audit":', record_json, b',"data_stream":', orjson.dumps(stream), b',"event":', orjson.dumps(event)]
+    if preserve_original:
+        parts.append(b',"tags":' + orjson.dumps([PRESERVE_ORIGINAL_TAG]))
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def record_json(records: Sequence[Record], index: int) -> bytes:
+    """Record ``index`` as JSON: the bytes the API served when still held, else serialized."""
+    if isinstance(records, ContentRecords) and records.raw:
+        return records.served_joined(index, index + 1, b",")  # one record: a plain slice of the body
+    return serialize(records[index])
 
 
 def clean_reason(reason: object, limit: int = EXCERPT_CHARS, response: requests.Response | None = None) -> str:
@@ -255,6 +334,10 @@ class ElasticsearchSink:
             clock=clock,
         )
         self._params = {"pipeline": settings.pipeline} if settings.pipeline else None
+        stream = _INTEGRATION_STREAM.match(settings.index)
+        # Only the integration shape uses it; from_env guarantees the index matches for that shape.
+        self._namespace = stream.group("namespace") if stream is not None else None
+        self._integration = settings.shape == "integration"
 
     def check(self) -> None:
         """Probe the cluster with our credentials: ``GET /``, then ``HEAD /<index>``; nothing is written.
@@ -300,11 +383,11 @@ class ElasticsearchSink:
         }
         batches = 0
         for batch in iter_batches(
-            records,
+            range(len(records)),
             framing=NDJSON,
             max_bytes=self._settings.batch_max_bytes,
             max_records=self._settings.batch_max_records,
-            serialize=lambda record: self._operation(record, context.tenant_id),
+            serialize=lambda index: self._operation(records, index, context.tenant_id),
         ):
             if batch.oversize:
                 log.warning(
@@ -331,9 +414,17 @@ class ElasticsearchSink:
 
     # -- wire format
 
-    def _operation(self, record: Record, tenant_id: str) -> bytes:
-        """The action line and the document line of one record (NDJSON adds the final newline)."""
+    def _operation(self, records: Sequence[Record], index: int, tenant_id: str) -> bytes:
+        """The action line and the document line of record ``index`` (NDJSON adds the final newline)."""
         meta: dict[str, str] = {"_index": self._settings.index}
+        if self._integration and self._namespace is not None:
+            # No _id: the integration's pipeline sets _id to a fingerprint of the record's Id whatever
+            # we send, so that fingerprint is the idempotency key (see the module docstring).
+            document = integration_document(
+                record_json(records, index), self._namespace, preserve_original=self._settings.preserve_original
+            )
+            return orjson.dumps({"create": meta}) + b"\n" + document
+        record = records[index]
         doc_id = document_id(record, tenant_id)
         if doc_id is not None:
             meta["_id"] = doc_id
@@ -365,7 +456,7 @@ class ElasticsearchSink:
             remaining = self._post_bulk(body, pending)
             if remaining:
                 pending = remaining
-                body = NDJSON.encode([self._operation(records[i], tenant_id) for i in remaining])
+                body = NDJSON.encode([self._operation(records, i, tenant_id) for i in remaining])
                 raise SinkTransientError(
                     f"{self._core.endpoint} asked to retry {len(remaining)} of {batch.count} documents "
                     "(429 or 5xx per item: the cluster is busy)"
@@ -412,7 +503,8 @@ class ElasticsearchSink:
             status = result.get("status") if isinstance(result, dict) else None
             if not isinstance(result, dict) or not isinstance(status, int) or isinstance(status, bool):
                 raise SinkPermanentError(f"{where} with a _bulk item without a status")
-            # 409: this tenant's record with this Id was stored before (create never overwrites; the _id is scoped).
+            # 409: this record was stored before (create never overwrites): under our tenant-scoped _id, or
+            # under the integration pipeline's fingerprint of its Id.
             if 200 <= status < 300 or status == 409:
                 continue
             if is_transient_status(status):
@@ -450,6 +542,11 @@ class ElasticsearchSink:
             hint = " (create the index or data stream, or allow automatic index creation)"
         elif "security_exception" in kinds or any(status == 403 for *_, status in refused):
             hint = f" (grant the create_doc privilege on {index!r} to {self._settings.credential_settings})"
+        elif self._integration and any("@timestamp" in reason for _, _, reason, _ in refused):
+            hint = (
+                " (install the Microsoft 365 integration's assets in Kibana: its ingest pipeline sets "
+                "@timestamp; or set SINK_ELASTICSEARCH_SHAPE=raw)"
+            )
         return SinkPermanentError(
             f"{self._core.endpoint} refused {len(refused)} of {sent} documents for index {index!r} "
             f"(SINK_ELASTICSEARCH_INDEX): {shown}{more}{hint}"

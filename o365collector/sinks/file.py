@@ -4,6 +4,11 @@ Layout: ``{SINK_FILE_DIR}/{tenant_id}/{content_type}/{yyyy}/{mm}/{dd}/{safe cont
 dated by the blob's ``contentCreated`` in UTC. The file name is a function of the content id alone,
 so a redelivered blob replaces its file instead of adding a second copy.
 
+Each line is one record as compact JSON (``batching.serialize``: a raw line feed never appears inside
+it), or, with ``SINK_FILE_WRAPPER=wazuh``, ``{"integration":"office365","office365":<record>}``: the
+shape Wazuh's stock office365 decoder and rules read, for a Wazuh agent's ``localfile`` with
+``log_format`` json. Filebeat's ``filestream`` input with the ``ndjson`` parser reads either.
+
 Each file is written to a hidden temporary file in the same folder, flushed, fsynced and renamed over
 the final name (``os.replace``), so readers see either the whole previous file or the whole new one,
 never a partial file. A crash can at worst leave a ``.<name>.<random>.tmp`` behind, never a short
@@ -28,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..envparse import Environ, require_str
+from ..envparse import Environ, get_choice, require_str
 from ..errors import CollectorError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record, utc
 from .batching import serialize
+from .syslog import WRAPPERS, wazuh_wrap
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +65,21 @@ _TRANSIENT_ERRNOS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class FileSinkSettings:
-    """``SINK_FILE_DIR``: the folder the files go under (created when missing)."""
+    """``SINK_FILE_DIR``: the folder the files go under (created when missing); ``SINK_FILE_WRAPPER``."""
 
     name: ClassVar[str] = "file"
 
     directory: Path
+    wrapper: str = "none"
+    """``none``: one record per line; ``wazuh``: each record under ``office365`` (see the module docstring)."""
 
     @classmethod
     def from_env(cls, env: Environ) -> FileSinkSettings:
         text = require_str(env, "SINK_FILE_DIR", "the folder the file sink writes NDJSON files under")
-        return cls(directory=Path(text).expanduser())
+        return cls(
+            directory=Path(text).expanduser(),
+            wrapper=get_choice(env, "SINK_FILE_WRAPPER", "none", WRAPPERS),
+        )
 
     def create(self) -> FileSink:
         return FileSink(self)
@@ -95,6 +106,7 @@ class FileSink:
 
     def __init__(self, settings: FileSinkSettings) -> None:
         self._root = settings.directory
+        self._wazuh = settings.wrapper == "wazuh"
 
     def path_for(self, context: BlobContext) -> Path:
         """Where the records of ``context``'s blob are written."""
@@ -122,7 +134,8 @@ class FileSink:
         target = self.path_for(context)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(target, (serialize(record) for record in records))
+            lines = (serialize(wazuh_wrap(record) if self._wazuh else record) for record in records)
+            _write_atomically(target, lines)
         except OSError as err:
             raise _file_error(err, target) from err
         log.debug(

@@ -6,9 +6,11 @@ records into chunks of at most 1 MiB of JSON, gzips each and POSTs it to
 (api-version 2023-01-01). azure-core's retry policy retries what the service marks retryable
 (429 and 5xx with Retry-After, 500/503/504) inside ``upload``; this module does not retry again.
 
-Records are sent unchanged. The table's ``TimeGenerated`` comes from the DCR's transformation
-(``source | extend TimeGenerated = todatetime(CreationTime)``, see ``infra/logs-ingestion.json``), not
-from a column the sink would add.
+Each record is sent with its fields unchanged plus one column, ``AuditRecord``: the whole record again,
+as one object. A DCR stream stores only the columns it declares; ``AuditRecord`` (a ``dynamic`` column
+in ``infra/logs-ingestion.json``) keeps every field, including those a later API version adds. The table's
+``TimeGenerated``, and the OfficeActivity names and types of its columns, come from the DCR's
+transformation, not from the sink.
 
 Authentication (one of, checked at start-up):
 
@@ -85,6 +87,8 @@ API_VERSION = "2023-01-01"  # the Logs Ingestion API version the SDK speaks (its
 # Defaults (one place, with the reason for each).
 # The stream infra/logs-ingestion.json declares in its DCR.
 DEFAULT_STREAM = "Custom-O365AuditLogs"
+# The column that carries the whole record (declared dynamic by infra/logs-ingestion.json's stream).
+RECORD_COLUMN = "AuditRecord"
 # The token audience of the Logs Ingestion API in the public cloud.
 DEFAULT_AUDIENCE = "https://monitor.azure.com"
 # azure-core retries 429/5xx inside each upload; 3 retries with its exponential backoff stay well
@@ -401,8 +405,8 @@ class LogAnalyticsSink:
             "content_type": context.content_type,
             "content_id": context.content_id,
         }
-        logs: list[MutableMapping[str, Any]] = list(records)
-        positions = {id(record): index for index, record in enumerate(records)}
+        logs = [with_record_column(record) for record in records]
+        positions = {id(log): index for index, log in enumerate(logs)}
         failed_attempts: list[int] = []
 
         def count_failures(response: PipelineResponse[Any, Any]) -> None:
@@ -544,6 +548,14 @@ class _ServiceError:
         if self.code or self.message:
             return f" ({self.code or self.message})"
         return ""
+
+
+def with_record_column(record: Record) -> MutableMapping[str, Any]:
+    """The record's fields as they are, plus ``AuditRecord``: the whole record (the caller's is not modified).
+
+    A field of the record named ``AuditRecord`` is replaced, yet still kept: inside the whole record.
+    """
+    return {**record, RECORD_COLUMN: record}
 
 
 def _clip(text: str, limit: int) -> str:

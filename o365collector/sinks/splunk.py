@@ -7,7 +7,8 @@ a batch is event objects written one after another, each
 no offset, as the API writes it), left out when the record has none, so Splunk uses the arrival time.
 ``host``, ``source`` and ``index`` are left out when unset, so the token's defaults apply;
 ``sourcetype`` defaults to ``o365:management:activity``, the name the Splunk add-on for Microsoft 365
-uses. Every request carries ``X-Splunk-Request-Channel`` (one GUID per sink instance): tokens with
+uses (its own input also writes ``source=o365``: set ``SINK_SPLUNK_SOURCE=o365`` for content that
+filters on it). Every request carries ``X-Splunk-Request-Channel`` (one GUID per sink instance): tokens with
 indexer acknowledgement require it, the others accept it.
 
 Batches stay under ``SINK_SPLUNK_BATCH_MAX_BYTES`` (HEC refuses bodies above its ``max_content_length``,

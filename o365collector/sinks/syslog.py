@@ -1,7 +1,15 @@
-"""The syslog sink: one RFC 5424 message per record, octet-counted over TCP (RFC 6587) or TLS (RFC 5425).
+"""The syslog sink: one RFC 5424 message per record over TCP or TLS, octet-counted or newline-framed.
 
-For QRadar, ArcSight, rsyslog, syslog-ng and anything else that takes RFC 5424 over a stream. Each
-record becomes one frame ``MSG-LEN SP SYSLOG-MSG``, where MSG-LEN is the length in octets of::
+For QRadar, ArcSight, rsyslog, syslog-ng, Logstash, Fluent Bit, Wazuh and anything else that takes
+RFC 5424 over a stream. Framing (``SINK_SYSLOG_FRAMING``):
+
+* ``octet-counting`` (default; RFC 6587 section 3.4.1, RFC 5425): each record becomes one frame
+  ``MSG-LEN SP SYSLOG-MSG``, MSG-LEN being the length of SYSLOG-MSG in octets;
+* ``lf`` (RFC 6587 section 3.4.2, non-transparent framing): ``SYSLOG-MSG LF``. Logstash's syslog
+  input and Fluent Bit's read only this. It is lossless here because no SYSLOG-MSG holds a raw line
+  feed (see STRUCTURED-DATA and MSG below).
+
+A SYSLOG-MSG is::
 
     <PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [o365@32473 tenant="..." contentId="..." recordIndex="7"] {json}
 
@@ -13,12 +21,14 @@ record becomes one frame ``MSG-LEN SP SYSLOG-MSG``, where MSG-LEN is the length 
   blob (``SINK_SYSLOG_STRUCTURED_DATA=false`` sends ``-``). Control characters in values are first
   written as ``printable`` escapes (a line feed as the two characters ``\\n``), then ``"``, ``\\`` and
   ``]`` are escaped by a backslash (RFC 5424 section 6.3.3);
-* MSG = the record as ``batching.serialize`` writes it: compact UTF-8 JSON, without a BOM. JSON
+* MSG = the record as ``batching.serialize`` writes it: compact UTF-8 JSON, without a BOM; with
+  ``SINK_SYSLOG_WRAPPER=wazuh``, the object ``{"integration":"office365","office365":<record>}``
+  that Wazuh's stock office365 decoder and rules read (split chunks are of that text too). JSON
   writes the C0 control characters in strings as escapes (``\\n``, ``\\u001b``); ``json_payload``
   escapes the few others JSON may leave raw (DEL, C1, U+2028/U+2029). So no message, header to
   MSG, holds a raw control character: a receiver or file that splits on lines keeps it whole.
 
-Size rule: no SYSLOG-MSG (header, structured data and JSON; not the length prefix) is longer than
+Size rule: no SYSLOG-MSG (header, structured data and JSON; not the MSG-LEN prefix or LF) is longer than
 ``SINK_SYSLOG_MAX_MESSAGE_BYTES``. A record that does not fit is, by ``SINK_SYSLOG_OVERSIZE``:
 
 * ``reject`` (default): ``SinkPermanentError`` naming the content id and record index, raised before any
@@ -87,6 +97,11 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0  # connect plus TLS handshake
 DEFAULT_SEND_TIMEOUT_SECONDS = 30.0  # one write of up to WRITE_BYTES to a receiver that stopped reading
 # Azure's load balancers drop idle flows after 4 minutes by default, silently; reconnect well before.
 DEFAULT_MAX_IDLE_SECONDS = 120.0
+# Octet counting is the framing RFC 5425 requires over TLS and the one that survives any payload; receivers
+# that only read lines (Logstash's syslog input, Fluent Bit) need SINK_SYSLOG_FRAMING=lf.
+DEFAULT_FRAMING = "octet-counting"
+FRAMINGS = ("octet-counting", "lf")
+WRAPPERS = ("none", "wazuh")
 
 WRITE_BYTES = 256 * 1024  # frames are written in runs of about this size
 MIN_CHUNK_BYTES = 64  # below this much room for JSON per message, splitting is pointless
@@ -163,6 +178,10 @@ class SyslogSinkSettings:
     """``SINK_SYSLOG_ALLOW_PLAINTEXT``: plain TCP to a host other than loopback (a trusted network)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     oversize: str = "reject"
+    framing: str = DEFAULT_FRAMING
+    """``SINK_SYSLOG_FRAMING``: ``octet-counting`` (MSG-LEN SP SYSLOG-MSG) or ``lf`` (SYSLOG-MSG LF)."""
+    wrapper: str = "none"
+    """``SINK_SYSLOG_WRAPPER``: ``wazuh`` sends ``{"integration":"office365","office365":<record>}`` as MSG."""
     ca_file: str | None = None
     ca_setting: str | None = None
     """Which setting ``ca_file`` came from (SINK_SYSLOG_CA_FILE or REQUESTS_CA_BUNDLE), for messages."""
@@ -238,6 +257,8 @@ class SyslogSinkSettings:
                 maximum=16 * 1024 * 1024,
             ),
             oversize=get_choice(env, "SINK_SYSLOG_OVERSIZE", "reject", ("reject", "split")),
+            framing=get_choice(env, "SINK_SYSLOG_FRAMING", DEFAULT_FRAMING, FRAMINGS),
+            wrapper=get_choice(env, "SINK_SYSLOG_WRAPPER", "none", WRAPPERS),
             ca_file=ca_file if tls else None,
             ca_setting=ca_setting if tls and ca_file is not None else None,
             client_cert_file=cert_file,
@@ -329,6 +350,22 @@ def _record_time(record: Record, now: Callable[[], dt.datetime]) -> dt.datetime:
         except ValueError:
             pass
     return now()
+
+
+def wazuh_wrap(record: Record) -> Record:
+    """The record in the shape Wazuh's stock office365 decoder and rules read."""
+    # Wazuh's own office365 module writes events this way; its rules key on integration == "office365".
+    return {"integration": "office365", "office365": record}
+
+
+def _octet_frame(message: bytes) -> bytes:
+    # RFC 6587 section 3.4.1 / RFC 5425 section 4.3: MSG-LEN SP SYSLOG-MSG, MSG-LEN in octets.
+    return str(len(message)).encode("ascii") + b" " + message
+
+
+def _lf_frame(message: bytes) -> bytes:
+    # RFC 6587 section 3.4.2 with LF as the trailer; lossless because messages never hold a raw LF.
+    return message + b"\n"
 
 
 def _utf8_pieces(payload: bytes, room: int) -> list[bytes]:
@@ -423,7 +460,8 @@ class SyslogSink:
     def send(self, records: Sequence[Record], context: BlobContext) -> None:
         """Write one frame per record (more under ``split``); see the module docstring for what returning means."""
         # Built up front: an oversize record under "reject" fails the blob before any of it is written.
-        frames = [self._frame(message) for message in self._messages(records, context)]
+        frame = _lf_frame if self._settings.framing == "lf" else _octet_frame
+        frames = [frame(message) for message in self._messages(records, context)]
         if not frames:
             return
         extra = {"tenant_id": context.tenant_id, "content_type": context.content_type, "content_id": context.content_id}
@@ -469,7 +507,7 @@ class SyslogSink:
         suffix = f" {settings.hostname} {settings.app_name} - {msgid} "
         for index, record in enumerate(records):
             head = (prefix + format_timestamp(_record_time(record, self._clock)) + suffix).encode("ascii")
-            payload = json_payload(record)
+            payload = json_payload(wazuh_wrap(record) if settings.wrapper == "wazuh" else record)
             sd = self._structured_data(context, index) if settings.structured_data else b"-"
             message = head + sd + b" " + payload
             if len(message) <= settings.max_message_bytes:
@@ -510,11 +548,6 @@ class SyslogSink:
             params += [("part", str(part)), ("parts", str(parts))]
         body = " ".join(f'{name}="{escape_param_value(value)}"' for name, value in params)
         return f"[{self._settings.sd_id} {body}]".encode()
-
-    @staticmethod
-    def _frame(message: bytes) -> bytes:
-        # RFC 6587 section 3.4.1 / RFC 5425 section 4.3: MSG-LEN SP SYSLOG-MSG, MSG-LEN in octets.
-        return str(len(message)).encode("ascii") + b" " + message
 
     # -- connections (callers hold the lock)
 
