@@ -35,6 +35,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus
 
+from .errors import error_chain
+
 MASK = "***"
 MIN_SECRET_CHARS = 6
 # The parts of a connection string (storage, Event Hubs, SQL-style) that are credentials on their own.
@@ -116,12 +118,19 @@ def printable(text: str) -> str:
 
 
 def summary(text: str, limit: int = 300) -> str:
-    """A short, one-line, redacted form of ``text`` for the status table and health answers.
+    """A short, one-line, redacted form of ``text`` for the status table, health answers and sinks' errors.
 
-    Redacted before it is cut: cutting first could leave the start of a secret that no longer matches.
+    Redacted before it is cut (cutting first could leave the start of a secret that no longer matches), and
+    cut between words with an ellipsis: a message that ends mid-word reads as if the service's text were garbled.
     """
     cleaned = " ".join(redact(text).split())
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+    if len(cleaned) <= limit:
+        return cleaned
+    cut = cleaned[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # one very long token (a URL) is cut inside rather than dropped whole
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.(") + "…"
 
 
 def describe(err: BaseException, limit: int = 300) -> str:
@@ -137,13 +146,7 @@ def scrub_exception(err: BaseException) -> None:
     The Functions host and ``traceback`` print an escaping exception with its causes; a cause from an SDK
     may quote a peer's answer that echoed a credential.
     """
-    seen: set[int] = set()
-    stack: list[BaseException] = [err]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in list(error_chain(err)):  # listed first: redacting args changes what the walk would follow
         try:
             current.args = tuple(redact(a, keep_newlines=True) if isinstance(a, str) else a for a in current.args)
             message = getattr(current, "message", None)
@@ -151,8 +154,6 @@ def scrub_exception(err: BaseException) -> None:
                 current.message = redact(message, keep_newlines=True)  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
             pass  # an exception type with read-only attributes: its text is redacted where it is printed
-        linked = [current.__cause__, current.__context__, getattr(current, "inner_exception", None), *current.args]
-        stack.extend(item for item in linked if isinstance(item, BaseException))
 
 
 # -- logging --------------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from o365collector import cli, storage
 from o365collector.config import Settings
 from o365collector.diagnose import Verdict, diagnose
 from o365collector.errors import ConfigError, UnknownTenantError
+from o365collector.redaction import summary
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
-from o365collector.sinks import blob, loganalytics
+from o365collector.sinks import blob
 from tests.support import TENANT, EnvFactory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +139,8 @@ def test_check_names_a_wrong_tenant_by_its_o365_tenants_entry(simulator: Simulat
 # -- sinks' sign-in failures cut between words ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("clip", [loganalytics._clip, blob._clip])
-def test_long_sign_in_texts_are_cut_between_words_with_an_ellipsis(clip: Any) -> None:
+def test_long_sign_in_texts_are_cut_between_words_with_an_ellipsis() -> None:
+    clip = summary
     text = "DefaultAzureCredential failed to retrieve a token from the included credentials " * 10
     clipped = clip(text, 120)
     assert len(clipped) <= 120

@@ -429,3 +429,39 @@ def test_end_to_end_missing_container_then_created_archives_every_record_once(
     assert max(archived.values()) == 1
     assert collector.poison_queue.get_queue_properties().approximate_message_count == 0
     admin.close()
+
+
+# -- shape (SINK_BLOB_SHAPE)
+
+
+def test_flat_shape_archives_o365_audit_fields_and_timestamp(
+    container: ContainerClient, make_sink: SinkFactory
+) -> None:
+    given: list[Record] = [
+        {"CreationTime": "2026-03-04T22:29:59", "Id": "a", "N": 10**40, "D": {"L": [1]}},
+        {"Id": "b"},
+    ]
+    make_sink(SINK_BLOB_SHAPE="flat").send(given, context())
+    body = read_archive(container, blob_name(context()))
+    assert [json.loads(line) for line in body.splitlines()] == [
+        {
+            "@timestamp": "2026-03-04T22:29:59Z",
+            "o365.audit.CreationTime": "2026-03-04T22:29:59",
+            "o365.audit.Id": "a",
+            "o365.audit.N": 10**40,
+            "o365.audit.D": {"L": [1]},
+        },
+        {"o365.audit.Id": "b"},
+    ]
+
+
+def test_raw_shape_is_the_default(container: ContainerClient, make_sink: SinkFactory) -> None:
+    given: list[Record] = [{"CreationTime": "2026-03-04T22:29:59", "Id": "a"}]
+    make_sink().send(given, context())
+    assert read_archive(container, blob_name(context())) == serialize(given[0]) + b"\n"
+
+
+def test_an_unknown_shape_names_the_setting() -> None:
+    env = {"SINK_BLOB_ACCOUNT_URL": "https://acct.blob.core.windows.net", "SINK_BLOB_CONTAINER": "archive"}
+    with pytest.raises(ConfigError, match="SINK_BLOB_SHAPE"):
+        BlobSinkSettings.from_env({**env, "SINK_BLOB_SHAPE": "ecs"})

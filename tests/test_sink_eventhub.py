@@ -472,3 +472,29 @@ def test_the_registry_builds_it_from_sink_type() -> None:
     )
     assert isinstance(parsed, EventHubSinkSettings)
     assert parsed.name == "eventhub"
+
+
+# -- shape (SINK_EVENTHUB_SHAPE)
+
+
+def test_flat_shape_sends_o365_audit_fields_and_timestamp(producer: BatchingProducer) -> None:
+    records = audit_records(2)
+    make_sink(producer, SINK_EVENTHUB_SHAPE="flat").send(records, CONTEXT)
+    bodies = [json.loads(body_of(event)) for event in producer.events]
+    assert bodies == [
+        {"@timestamp": "2026-03-01T11:59:58Z", **{f"o365.audit.{key}": value for key, value in record.items()}}
+        for record in records
+    ]
+    assert bodies[0]["o365.audit.Nested"] == {"Ünïcode": "✓", "Big": 2**70}  # nested kept whole, exact
+    assert [event.properties["record_index"] for event in producer.events] == [0, 1]
+
+
+def test_raw_shape_is_the_default(producer: BatchingProducer) -> None:
+    records = audit_records(1)
+    make_sink(producer).send(records, CONTEXT)
+    assert [body_of(event) for event in producer.events] == [serialize(records[0])]
+
+
+def test_an_unknown_shape_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match="SINK_EVENTHUB_SHAPE"):
+        settings(SINK_EVENTHUB_SHAPE="ecs")

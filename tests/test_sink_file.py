@@ -257,3 +257,40 @@ def test_registry_builds_the_file_sink(tmp_path: Path) -> None:
     assert isinstance(sink, FileSink)
     assert sink.name == "file"
     sink.close()
+
+
+# -- shape (SINK_FILE_SHAPE)
+
+
+def test_flat_shape_writes_o365_audit_fields_and_timestamp(tmp_path: Path) -> None:
+    sink = FileSinkSettings.from_env({"SINK_FILE_DIR": str(tmp_path / "out"), "SINK_FILE_SHAPE": "flat"}).create()
+    given = [{"CreationTime": "2026-03-04T22:29:59", "Id": "a", "Big": 2**64, "P": [{"Name": "N"}]}, {"Id": "b"}]
+    sink.send(given, context())
+    assert read_ndjson(sink.path_for(context())) == [
+        {
+            "@timestamp": "2026-03-04T22:29:59Z",
+            "o365.audit.CreationTime": "2026-03-04T22:29:59",
+            "o365.audit.Id": "a",
+            "o365.audit.Big": 2**64,
+            "o365.audit.P": [{"Name": "N"}],
+        },
+        {"o365.audit.Id": "b"},  # no CreationTime, no @timestamp
+    ]
+
+
+def test_raw_shape_is_the_default(tmp_path: Path, sink: FileSink) -> None:
+    given = [{"CreationTime": "2026-03-04T22:29:59", "Id": "a"}]
+    sink.send(given, context())
+    assert read_ndjson(sink.path_for(context())) == given
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"SINK_FILE_SHAPE": "nested"}, r"SINK_FILE_SHAPE: unknown value 'nested'"),
+        ({"SINK_FILE_SHAPE": "flat", "SINK_FILE_WRAPPER": "wazuh"}, r"SINK_FILE_SHAPE.*SINK_FILE_WRAPPER=wazuh"),
+    ],
+)
+def test_shape_setting_errors_name_the_setting(tmp_path: Path, env: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        FileSinkSettings.from_env({"SINK_FILE_DIR": str(tmp_path), **env})

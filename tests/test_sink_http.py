@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from o365collector.config import Settings
+from o365collector.content import ContentRecords
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext
 from o365collector.sinks.batching import serialize
@@ -668,3 +669,49 @@ def test_token_and_records_never_appear_in_logs(
         assert TOKEN not in text
         assert "hunter2" not in text
     assert MARKER not in caplog.text
+
+
+# -- shape (SINK_HTTP_SHAPE)
+
+SERVED = (
+    b'[{"CreationTime":"2026-03-01T11:59:58","Id":"a","Big":18446744073709551617,"P":[{"Name":"N","Value":"v"}]},'
+    b'{"CreationTime":"2026-03-01T11:59:59.5","Id":"b","Big":1,"P":[]}]'
+)
+
+
+def test_flat_shape_sends_o365_audit_fields_and_timestamp_from_served_records(
+    receiver: HttpReceiver, make_sink: SinkFactory
+) -> None:
+    """Records still holding their served bytes are re-written flat, big integers exact."""
+    records = ContentRecords.from_body(SERVED, "content blob x")
+    assert records.raw  # the fast path the flat shape must not take
+    make_sink(receiver.url, SINK_HTTP_SHAPE="flat", SINK_HTTP_GZIP="false").send(records, CONTEXT)
+
+    assert receiver.records == [
+        {
+            "@timestamp": "2026-03-01T11:59:58Z",
+            "o365.audit.CreationTime": "2026-03-01T11:59:58",
+            "o365.audit.Id": "a",
+            "o365.audit.Big": 2**64 + 1,
+            "o365.audit.P": [{"Name": "N", "Value": "v"}],
+        },
+        {
+            "@timestamp": "2026-03-01T11:59:59.5Z",
+            "o365.audit.CreationTime": "2026-03-01T11:59:59.5",
+            "o365.audit.Id": "b",
+            "o365.audit.Big": 1,
+            "o365.audit.P": [],
+        },
+    ]
+
+
+def test_raw_shape_is_the_default_and_sends_the_served_bytes(receiver: HttpReceiver, make_sink: SinkFactory) -> None:
+    records = ContentRecords.from_body(SERVED, "content blob x")
+    make_sink(receiver.url, SINK_HTTP_GZIP="false").send(records, CONTEXT)
+    (request,) = receiver.requests
+    assert request.raw_body == SERVED[1:-1].replace(b"},{", b"}\n{") + b"\n"
+
+
+def test_an_unknown_shape_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match="SINK_HTTP_SHAPE"):
+        HttpSinkSettings.from_env({"SINK_URL": "https://siem.example.com/ingest", "SINK_HTTP_SHAPE": "ecs"})

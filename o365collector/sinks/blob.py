@@ -8,7 +8,9 @@ redelivered blob replaces its archive (``overwrite=True``) instead of adding a s
 
 Each blob holds the records exactly as ``batching.serialize`` writes them, one per line, every line
 ending in ``\\n``, gzip-compressed (``Content-Type: application/x-ndjson``, ``Content-Encoding: gzip``),
-with metadata ``tenant_id``, ``content_type``, ``content_id`` and ``records`` (the count).
+with metadata ``tenant_id``, ``content_type``, ``content_id`` and ``records`` (the count). With
+``SINK_BLOB_SHAPE=flat`` each line is ``shape.flat_record`` of the record instead (``o365.audit.*``
+fields and ``@timestamp``).
 
 Authentication: ``SINK_BLOB_CONNECTION_STRING`` (a secret: account key or SAS), or
 ``SINK_BLOB_ACCOUNT_URL`` with the app's managed identity (user-assigned when ``SINK_BLOB_CLIENT_ID``
@@ -56,9 +58,10 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from ..envparse import Environ, Secret, get_bool, get_https_url, get_secret, get_str, parse_guid, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record, utc
-from ..redaction import redact
+from ..redaction import summary
 from .batching import NDJSON, serialize
 from .file import safe_name
+from .shape import flat_record, get_shape
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class BlobSinkSettings:
     account_url: str | None = None
     client_id: str | None = None
     create_container: bool = False
+    shape: str = "raw"
+    """``raw``: each record as served; ``flat``: ``shape.flat_record`` (``o365.audit.*`` and ``@timestamp``)."""
 
     @classmethod
     def from_env(cls, env: Environ) -> BlobSinkSettings:
@@ -118,6 +123,7 @@ class BlobSinkSettings:
             # Off by default: the archive container is the admin's (on their own storage account), and the
             # data role is usually granted on the container alone, which cannot create it.
             create_container=get_bool(env, "SINK_BLOB_CREATE_CONTAINER", False),
+            shape=get_shape(env, "SINK_BLOB_SHAPE"),
         )
 
     def container_client(self, credential: TokenCredential | None = None, **client_options: Any) -> ContainerClient:
@@ -191,7 +197,9 @@ class BlobSink:
 
     def send(self, records: Sequence[Record], context: BlobContext) -> None:
         name = blob_name(context)
-        body = gzip.compress(b"".join(serialize(record) + b"\n" for record in records), compresslevel=6, mtime=0)
+        flat = self._settings.shape == "flat"
+        lines = (serialize(flat_record(record) if flat else record) + b"\n" for record in records)
+        body = gzip.compress(b"".join(lines), compresslevel=6, mtime=0)
         metadata = {
             "tenant_id": _metadata_value(context.tenant_id),
             "content_type": _metadata_value(context.content_type),
@@ -298,23 +306,8 @@ def _container_missing(err: AzureError) -> bool:
 
 def _first_line(err: AzureError) -> str:
     text = str(getattr(err, "message", None) or err).strip().splitlines()
-    return _clip(text[0], 200) if text else type(err).__name__
+    return summary(text[0], 200) if text else type(err).__name__
 
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` redacted, on one line, and cut at a word boundary with an ellipsis when longer than ``limit``.
-
-    Redacted before it is cut (a cut secret no longer matches), and cut between words: a message that ends
-    mid-word reads as if the sign-in error itself were garbled.
-    """
-    flat = " ".join(redact(text).split())
-    if len(flat) <= limit:
-        return flat
-    cut = flat[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:  # one very long token (a URL) is cut inside rather than dropped whole
-        cut = cut[:space]
-    return cut.rstrip(" ,;:.(") + "…"
 
 
 def _account(client: ContainerClient) -> str:

@@ -10,7 +10,8 @@ before anything of it is sent, and is never dropped silently.
 
 Each event:
 
-* body: the record's JSON exactly as ``batching.serialize`` writes it (UTF-8, unchanged record);
+* body: the record's JSON exactly as ``batching.serialize`` writes it (UTF-8, unchanged record), or with
+  ``SINK_EVENTHUB_SHAPE=flat`` ``shape.flat_record`` of it (``o365.audit.*`` fields and ``@timestamp``);
 * ``content_type``: ``application/json``;
 * application properties: ``tenant_id``, ``content_type``, ``content_id`` and ``record_index`` (the
   record's position in its blob: with ``content_id`` a stable key consumers can de-duplicate on);
@@ -56,6 +57,7 @@ from ..envparse import Environ, Secret, get_bool, get_int, get_secret, get_str, 
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record
 from .batching import serialize
+from .shape import flat_record, get_shape
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ class EventHubSinkSettings:
     max_batch_bytes: int | None = None
     """None: the hub's own limit, as the AMQP link reports it."""
     websockets: bool = False
+    shape: str = "raw"
+    """``raw``: each record as served; ``flat``: ``shape.flat_record`` (``o365.audit.*`` and ``@timestamp``)."""
 
     @classmethod
     def from_env(cls, env: Environ) -> EventHubSinkSettings:
@@ -155,6 +159,7 @@ class EventHubSinkSettings:
             retry_total=get_int(env, "SINK_EVENTHUB_RETRY_TOTAL", DEFAULT_RETRY_TOTAL, minimum=0, maximum=10),
             max_batch_bytes=max_batch or None,
             websockets=get_bool(env, "SINK_EVENTHUB_WEBSOCKETS", False),
+            shape=get_shape(env, "SINK_EVENTHUB_SHAPE"),
         )
 
     def create(self) -> EventHubSink:
@@ -259,8 +264,9 @@ class EventHubSink:
         """Every record in an ``EventDataBatch``, in order; raises before anything is sent if one cannot fit."""
         key = f"{context.tenant_id}/{context.content_type}"
         batches = [self._new_batch(key)]
+        flat = self._settings.shape == "flat"
         for index, record in enumerate(records):
-            body = serialize(record)
+            body = serialize(flat_record(record) if flat else record)
             event = self._event(body, index, context)
             try:
                 batches[-1].add(event)

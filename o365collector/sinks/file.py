@@ -7,7 +7,9 @@ so a redelivered blob replaces its file instead of adding a second copy.
 Each line is one record as compact JSON (``batching.serialize``: a raw line feed never appears inside
 it), or, with ``SINK_FILE_WRAPPER=wazuh``, ``{"integration":"office365","office365":<record>}``: the
 shape Wazuh's stock office365 decoder and rules read, for a Wazuh agent's ``localfile`` with
-``log_format`` json. Filebeat's ``filestream`` input with the ``ndjson`` parser reads either.
+``log_format`` json. Filebeat's ``filestream`` input with the ``ndjson`` parser reads either. With
+``SINK_FILE_SHAPE=flat`` each line is ``shape.flat_record`` of the record instead (``o365.audit.*``
+fields and ``@timestamp``); it does not combine with the Wazuh wrapper, whose rules read the raw record.
 
 Each file is written to a hidden temporary file in the same folder, flushed, fsynced and renamed over
 the final name (``os.replace``), so readers see either the whole previous file or the whole new one,
@@ -34,9 +36,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..envparse import Environ, get_choice, require_str
-from ..errors import CollectorError, SinkPermanentError, SinkTransientError
+from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError
 from ..models import BlobContext, Record, utc
 from .batching import serialize
+from .shape import flat_record, get_shape
 from .syslog import WRAPPERS, wazuh_wrap
 
 log = logging.getLogger(__name__)
@@ -65,21 +68,28 @@ _TRANSIENT_ERRNOS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class FileSinkSettings:
-    """``SINK_FILE_DIR``: the folder the files go under (created when missing); ``SINK_FILE_WRAPPER``."""
+    """``SINK_FILE_DIR``: the folder the files go under (created when missing).
+
+    ``SINK_FILE_WRAPPER`` and ``SINK_FILE_SHAPE``: what each line holds.
+    """
 
     name: ClassVar[str] = "file"
 
     directory: Path
     wrapper: str = "none"
     """``none``: one record per line; ``wazuh``: each record under ``office365`` (see the module docstring)."""
+    shape: str = "raw"
+    """``raw``: each record as served; ``flat``: ``shape.flat_record`` (``o365.audit.*`` and ``@timestamp``)."""
 
     @classmethod
     def from_env(cls, env: Environ) -> FileSinkSettings:
         text = require_str(env, "SINK_FILE_DIR", "the folder the file sink writes NDJSON files under")
-        return cls(
-            directory=Path(text).expanduser(),
-            wrapper=get_choice(env, "SINK_FILE_WRAPPER", "none", WRAPPERS),
-        )
+        wrapper = get_choice(env, "SINK_FILE_WRAPPER", "none", WRAPPERS)
+        shape = get_shape(env, "SINK_FILE_SHAPE")
+        if shape == "flat" and wrapper != "none":
+            # Wazuh's rules read the raw record under office365: renamed fields would match none of them.
+            raise ConfigError("SINK_FILE_SHAPE", f"flat cannot be combined with SINK_FILE_WRAPPER={wrapper}: keep one")
+        return cls(directory=Path(text).expanduser(), wrapper=wrapper, shape=shape)
 
     def create(self) -> FileSink:
         return FileSink(self)
@@ -107,6 +117,7 @@ class FileSink:
     def __init__(self, settings: FileSinkSettings) -> None:
         self._root = settings.directory
         self._wazuh = settings.wrapper == "wazuh"
+        self._flat = settings.shape == "flat"
 
     def path_for(self, context: BlobContext) -> Path:
         """Where the records of ``context``'s blob are written."""
@@ -134,7 +145,7 @@ class FileSink:
         target = self.path_for(context)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            lines = (serialize(wazuh_wrap(record) if self._wazuh else record) for record in records)
+            lines = (serialize(self._shaped(record)) for record in records)
             _write_atomically(target, lines)
         except OSError as err:
             raise _file_error(err, target) from err
@@ -148,6 +159,11 @@ class FileSink:
                 "content_id": context.content_id,
             },
         )
+
+    def _shaped(self, record: Record) -> Record:
+        if self._flat:
+            return flat_record(record)
+        return wazuh_wrap(record) if self._wazuh else record
 
     def close(self) -> None:
         """Nothing to release: every file is closed before ``send`` returns."""

@@ -2,7 +2,8 @@
 
 Fits Logstash / Fluent Bit / Vector HTTP inputs, Cribl, a custom Function, anything that takes a POST.
 Each request carries ``X-O365-Tenant-Id``, ``X-O365-Content-Type`` and ``X-O365-Content-Id`` so the
-receiver can route, plus ``X-O365-Batch-Index`` so it can de-duplicate a redelivered blob.
+receiver can route, plus ``X-O365-Batch-Index`` so it can de-duplicate a redelivered blob. Records go
+as served, or with ``SINK_HTTP_SHAPE=flat`` as ``shape.flat_record`` (``o365.audit.*`` and ``@timestamp``).
 
 How answers are classified:
 
@@ -55,6 +56,7 @@ from . import compression
 from .batching import FRAMINGS, Batch, iter_batches, iter_served_batches
 from .compression import Compressed
 from .httpcore import USER_AGENT, HttpCore, Target, is_transient_status, parse_url, snippet
+from .shape import flat_record, get_shape
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class HttpSinkSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
+    shape: str = "raw"
+    """``raw``: each record as served; ``flat``: ``shape.flat_record`` (``o365.audit.*`` and ``@timestamp``)."""
 
     @classmethod
     def from_env(cls, env: Environ) -> HttpSinkSettings:
@@ -132,6 +136,7 @@ class HttpSinkSettings:
             ),
             max_attempts=get_int(env, "SINK_HTTP_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20),
             max_retry_seconds=get_float(env, "SINK_HTTP_MAX_RETRY_SECONDS", DEFAULT_MAX_RETRY_SECONDS, maximum=3600.0),
+            shape=get_shape(env, "SINK_HTTP_SHAPE"),
         )
 
     def create(self) -> HttpSink:
@@ -242,13 +247,16 @@ class HttpSink:
             headers["Content-Encoding"] = "gzip"
         limits = self._settings.batch_max_bytes, self._settings.batch_max_records
         batches: int | None = None
-        if isinstance(records, ContentRecords) and records.draft:
+        flat = self._settings.shape == "flat"
+        if not flat and isinstance(records, ContentRecords) and records.draft:
             # Records from the fetcher still hold the bytes the API served: batches are cut from them and
             # compressed while the fetcher's validation finishes; none is posted before it passed.
             served = iter_served_batches(records, framing=self._framing, max_bytes=limits[0], max_records=limits[1])
             batches = self._ship(served, headers, extra, context, ready=records.settle)
         if batches is None:  # other records, or valid JSON of another shape than the split assumed: nothing sent
-            plain = iter_batches(records, framing=self._framing, max_bytes=limits[0], max_records=limits[1])
+            # The flat shape needs each record parsed (big integers exact, ``content.loads``) and re-written.
+            items: Sequence[Record] | Iterator[Record] = (flat_record(r) for r in records) if flat else records
+            plain = iter_batches(items, framing=self._framing, max_bytes=limits[0], max_records=limits[1])
             batches = self._ship(plain, headers, extra, context)
         log.debug(
             "http sink: %d records of content %s accepted in %d batches",

@@ -78,7 +78,7 @@ from .. import __version__
 from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str, parse_guid, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..models import BlobContext, Record
-from ..redaction import redact
+from ..redaction import summary
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ class LogAnalyticsSink:
         return SinkPermanentError(f"{where}: the service refused the records (does the DCR's stream declaration fit?)")
 
     def _sign_in_error(self, err: ClientAuthenticationError) -> CollectorError:
-        text = _clip(str(err.message or err), 300)
+        text = summary(str(err.message or err), 300)
         for code, hint in _AADSTS_HINTS.items():
             if code in text:
                 return SinkPermanentError(f"sign-in for the Logs Ingestion API failed: {code}: {hint}")
@@ -557,21 +557,6 @@ def with_record_column(record: Record) -> MutableMapping[str, Any]:
     """
     return {**record, RECORD_COLUMN: record}
 
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` redacted, on one line, and cut at a word boundary with an ellipsis when longer than ``limit``.
-
-    Redacted before it is cut (a cut secret no longer matches), and cut between words: a message that ends
-    mid-word reads as if the sign-in error itself were garbled.
-    """
-    flat = " ".join(redact(text).split())
-    if len(flat) <= limit:
-        return flat
-    cut = flat[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:  # one very long token (a URL) is cut inside rather than dropped whole
-        cut = cut[:space]
-    return cut.rstrip(" ,;:.(") + "…"
 
 
 def _retry_after(response: Any) -> float | None:
