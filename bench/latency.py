@@ -31,9 +31,9 @@ import random
 import statistics
 
 from bench.harness import TENANT, FastReceiver, SteppedClock, azurite, machine
-from o365collector.cli import run_once
 from o365collector.config import Settings
 from o365collector.models import CONTENT_TYPES
+from o365collector.running import run_once
 from o365collector.runtime import Collector, quiet_sdk_loggers
 from o365collector.simulator import Simulator, SimulatorConfig
 from o365collector.simulator.cli import demo_environment

@@ -38,10 +38,10 @@ from bench.harness import (
     vm_hwm_mb,
 )
 from bench.workload import BlobBody, RecordMaker, make_blobs
-from o365collector.cli import Progress, list_all
 from o365collector.config import Settings
 from o365collector.models import FetchTask, TimeWindow
 from o365collector.queue_runner import DrainResult, QueueRunner
+from o365collector.running import Progress, list_all
 from o365collector.runtime import Collector, quiet_sdk_loggers
 
 GROWTH_TOLERANCE_MB = 5.0  # allocator noise; a leak of one object per blob would show as far more

@@ -38,9 +38,9 @@ import orjson
 
 from bench.harness import TENANT, Services, azurite, collector_env, machine
 from bench.workload import BlobBody, describe, make_blobs
-from o365collector.cli import Progress, list_all
 from o365collector.config import Settings
 from o365collector.queue_runner import DrainResult, QueueRunner
+from o365collector.running import Progress, list_all
 from o365collector.runtime import Collector, quiet_sdk_loggers
 from o365collector.sinks import http as http_sink
 

@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from .azurite import start_azurite
-from .cli import run_once
 from .config import Settings
 from .models import CONTENT_TYPES
+from .running import run_once
 from .runtime import Collector
 from .simulator import Simulator, SimulatorConfig, TenantSpec
 from .simulator.cli import demo_environment, print_environment, storage_environment, wait_for_signal

@@ -14,11 +14,11 @@ import orjson
 import pytest
 
 from o365collector import cli
-from o365collector.cli import run_once
 from o365collector.health import build_report, filter_report, health_response, render_table
 from o365collector.lister import StreamResult
 from o365collector.models import FetchTask
 from o365collector.poison import replay_poison
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.support import TENANT, EnvFactory

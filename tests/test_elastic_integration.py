@@ -24,10 +24,10 @@ import orjson
 import pytest
 import requests
 
-from o365collector.cli import run_once
 from o365collector.content import ContentRecords
 from o365collector.errors import ConfigError, SinkPermanentError
 from o365collector.models import BlobContext
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings

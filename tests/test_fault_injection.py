@@ -52,10 +52,10 @@ from azure.storage.queue import QueueClient
 from o365collector import runtime
 from o365collector.azurite import Azurite
 from o365collector.cli import main as cli_main
-from o365collector.cli import run_once
 from o365collector.models import CONTENT_TYPES, FetchTask
 from o365collector.queue_runner import QueueRunner
 from o365collector.redaction import printable
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator, TenantSpec
 from o365collector.simulator.faults import FaultKind

@@ -17,9 +17,9 @@ import pytest
 
 from o365collector import cli
 from o365collector.checkpoints import CheckpointStore
-from o365collector.cli import run_once
 from o365collector.health import build_report, render_table
 from o365collector.lister import RUN_SUMMARY_MESSAGE, SUMMARY_MESSAGE, StreamResult
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, SimulatorConfig
 from o365collector.simulator.data import SimBlob

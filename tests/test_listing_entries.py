@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from o365collector.cli import run_once
 from o365collector.health import build_report
 from o365collector.lister import SUMMARY_MESSAGE
 from o365collector.models import ContentBlob, ListingEntryError
+from o365collector.running import run_once
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver
 from tests.support import TENANT

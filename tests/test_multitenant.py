@@ -15,8 +15,8 @@ import orjson
 import pytest
 from azure.storage.queue import QueueClient
 
-from o365collector.cli import run_once
 from o365collector.models import FetchTask
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator, TenantSpec
 from tests.receivers import HttpReceiver

@@ -30,8 +30,8 @@ from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 from o365collector.azurite import Azurite
-from o365collector.cli import run_once
 from o365collector.models import FetchTask
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.loopback import LoopbackService, OwnedHandler

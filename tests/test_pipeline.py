@@ -17,10 +17,10 @@ import orjson
 import pytest
 
 from o365collector.checkpoints import CheckpointStore, Ledger
-from o365collector.cli import run_once
 from o365collector.fetcher import Outcome
 from o365collector.models import CONTENT_TYPES, FetchTask, Record
 from o365collector.queue_runner import QueueRunner
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.receivers import HttpReceiver

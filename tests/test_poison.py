@@ -14,9 +14,9 @@ from azure.storage.queue import QueueClient
 
 from o365collector import cli
 from o365collector.azurite import Azurite
-from o365collector.cli import run_once
 from o365collector.models import FetchTask
 from o365collector.poison import replay_poison
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from azure.storage.queue import QueueClient
 
-from o365collector import cli
+from o365collector import cli, running
 from o365collector.azurite import Azurite
 from o365collector.config import QueueRunnerConfig, Settings
 from o365collector.errors import ConfigError
@@ -139,7 +139,7 @@ def test_a_message_that_is_not_base64_is_poisoned_as_it_came_while_its_batch_shi
     bad = raw_client(azurite, collector.settings.content_queue).send_message(NOT_BASE64)
 
     with caplog.at_level(logging.ERROR, logger="o365collector"):
-        assert cli.run_once(collector) == 1, "a poisoned message fails the run"
+        assert running.run_once(collector) == 1, "a poisoned message fails the run"
     shipped = Counter(r["Id"] for r in receiver.records)
     assert shipped == served(simulator), "every good message of the batch shipped, each once"
     raw_poison = raw_client(azurite, collector.settings.poison_queue)

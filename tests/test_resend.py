@@ -19,11 +19,11 @@ from azure.data.tables import TableClient
 from o365collector import cli
 from o365collector.azurite import Azurite
 from o365collector.checkpoints import Ledger
-from o365collector.cli import run_once
 from o365collector.config import Settings
 from o365collector.errors import ConfigError
 from o365collector.models import FetchTask
 from o365collector.resend import request_from_args
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver

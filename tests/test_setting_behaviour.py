@@ -19,9 +19,9 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from o365collector.cli import run_once
 from o365collector.lister import Lister
 from o365collector.models import FetchTask
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver

@@ -15,9 +15,9 @@ from azure.core.credentials import AccessToken
 from azure.storage.blob import ContainerClient
 
 from o365collector.azurite import ACCOUNT, Azurite
-from o365collector.cli import run_once
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext, Record
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.sinks.batching import serialize

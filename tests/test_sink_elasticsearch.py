@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from o365collector.cli import run_once
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.sinks.batching import serialize

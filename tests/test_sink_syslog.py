@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from o365collector.cli import run_once
 from o365collector.config import Settings
 from o365collector.errors import ConfigError, SinkPermanentError, SinkTransientError
 from o365collector.models import BlobContext
 from o365collector.redaction import printable
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.sinks.batching import serialize

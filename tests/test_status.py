@@ -12,10 +12,10 @@ import pytest
 
 from o365collector import cli
 from o365collector.checkpoints import RecentBlobs
-from o365collector.cli import run_once
 from o365collector.health import build_report, render_table
 from o365collector.lister import StreamResult
 from o365collector.models import FetchTask
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from o365collector.status import stream_succeeded

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from o365collector import runtime
-from o365collector.cli import run_once
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.support import TENANT, EnvFactory

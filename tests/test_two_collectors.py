@@ -21,8 +21,8 @@ from typing import Any
 
 from azure.storage.queue import QueueClient
 
-from o365collector.cli import run_once
 from o365collector.models import CONTENT_TYPES
+from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from tests.receivers import HttpReceiver
