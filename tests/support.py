@@ -6,7 +6,11 @@ import datetime as dt
 from collections.abc import Callable
 
 from o365collector.models import CONTENT_TYPES
+from o365collector.queue_runner import QueueRunner
+from o365collector.running import queue_runner
+from o365collector.runtime import Collector
 from o365collector.simulator import TenantSpec
+from o365collector.telemetry import ShipTally
 
 EnvFactory = Callable[..., dict[str, str]]
 
@@ -23,3 +27,8 @@ TENANT = TenantSpec(
 def now() -> dt.datetime:
     """The time now, in UTC (what the collector's clock reads)."""
     return dt.datetime.now(dt.UTC)
+
+
+def host_queue_runner(collector: Collector) -> QueueRunner:
+    """The queue runner ``run`` uses (the host's rules from host.json, the same handler), for tests that drain."""
+    return queue_runner(collector, ShipTally())

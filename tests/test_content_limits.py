@@ -19,11 +19,11 @@ from o365collector.errors import MalformedContentError
 from o365collector.fetcher import Outcome
 from o365collector.management_api import ManagementApiClient
 from o365collector.models import FetchTask
-from o365collector.queue_runner import POISONED_MESSAGE, DrainResult, QueueRunner
+from o365collector.queue_runner import POISONED_MESSAGE
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory, now
+from tests.support import TENANT, EnvFactory, host_queue_runner, now
 
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
@@ -31,15 +31,6 @@ HUGE = b'"Big":123456789012345678901234567890'  # sends the blob to the exact-in
 
 
 
-
-def drain(collector: Collector) -> DrainResult:
-    return QueueRunner(
-        collector.queue,
-        collector.poison_queue,
-        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
-        collector.settings.queue_runner,
-        processing_lease=collector.settings.policy.claim_lease,
-    ).drain()
 
 
 def record(name: str, extra: bytes = b"") -> bytes:
@@ -77,7 +68,7 @@ def test_malformed_and_oversized_blobs_are_refused_with_a_reason_and_the_rest_sh
 
     with caplog.at_level(logging.INFO):
         collector.run_lister()
-        result = drain(collector)
+        result = host_queue_runner(collector).drain()
 
     assert result.count(Outcome.REFUSED) == len(bad)
     assert result.failures == 0, "a blob that can never ship is not fetched again and again"
@@ -129,7 +120,7 @@ def test_a_bare_404_on_a_content_get_is_redelivered_and_the_blob_ships(
     )
 
     collector.run_lister()
-    result = drain(collector)
+    result = host_queue_runner(collector).drain()
 
     assert result.count(Outcome.LOST) == 0
     assert result.failures == 1

@@ -53,14 +53,13 @@ from o365collector import runtime
 from o365collector.azurite import Azurite
 from o365collector.cli import main as cli_main
 from o365collector.models import CONTENT_TYPES, FetchTask
-from o365collector.queue_runner import QueueRunner
 from o365collector.redaction import printable
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator, TenantSpec
 from o365collector.simulator.faults import FaultKind
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, EnvFactory, now
+from tests.support import TENANT, EnvFactory, host_queue_runner, now
 
 pytestmark = pytest.mark.integration
 
@@ -93,15 +92,6 @@ def served_ids(sim: Simulator) -> Counter[str]:
 def shipped_ids(receiver: HttpReceiver) -> Counter[str]:
     return Counter(r["Id"] for r in receiver.records)
 
-
-def drain(collector: Collector) -> QueueRunner:
-    return QueueRunner(
-        collector.queue,
-        collector.poison_queue,
-        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
-        collector.settings.queue_runner,
-        processing_lease=collector.settings.policy.claim_lease,
-    )
 
 
 # -- randomised kill points ----------------------------------------------------------------------
@@ -280,7 +270,7 @@ def test_a_backend_outage_longer_than_the_sink_retries_ships_everything_and_pois
     # itself ends it after exactly that many refusals: no watcher, no deadline that could end it early.
     refusals = attempts * (max_deliveries - 2)
     receiver.fail_next(refusals, status=503)
-    result = drain(collector).drain(max_seconds=120)
+    result = host_queue_runner(collector).drain(max_seconds=120)
 
     assert not result.timed_out
     assert sum(r.status == 503 for r in receiver.requests) == refusals, "the whole outage was met"

@@ -17,11 +17,11 @@ import pytest
 
 from o365collector.fetcher import Outcome
 from o365collector.models import FetchTask, sign_message
-from o365collector.queue_runner import POISONED_MESSAGE, DrainResult, QueueRunner
+from o365collector.queue_runner import POISONED_MESSAGE, DrainResult
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, now
+from tests.support import TENANT, host_queue_runner, now
 
 TID = TENANT.tenant_id
 OTHER_TID = "77777777-2222-4333-8444-555555555555"
@@ -40,15 +40,6 @@ def exchange_blobs(sim: Simulator) -> None:
 def http_collector(make_collector: CollectorFactory, receiver: HttpReceiver, **overrides: str) -> Collector:
     return make_collector(**({"SINK_TYPE": "http", "SINK_URL": receiver.url} | overrides))
 
-
-def drain(collector: Collector) -> DrainResult:
-    return QueueRunner(
-        collector.queue,
-        collector.poison_queue,
-        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
-        collector.settings.queue_runner,
-        processing_lease=collector.settings.policy.claim_lease,
-    ).drain()
 
 
 def poisoned(collector: Collector) -> list[str]:
@@ -109,7 +100,7 @@ def test_a_forged_content_uri_is_refused_before_any_claim_and_cannot_hide_the_re
     collector.queue.send_message(forged.to_message())
 
     with caplog.at_level(logging.INFO):
-        result = drain(collector)
+        result = host_queue_runner(collector).drain()
 
     assert_refused_at_once(collector, result, forged.to_message())
     assert collector.ledger.get(forged) is None, "a refused message claims nothing"
@@ -121,7 +112,7 @@ def test_a_forged_content_uri_is_refused_before_any_claim_and_cannot_hide_the_re
 
     # The real listing then ships every blob, the victim included.
     collector.run_lister()
-    assert drain(collector).count(Outcome.SHIPPED) == len(simulator.blobs(TID, "Audit.Exchange"))
+    assert host_queue_runner(collector).drain().count(Outcome.SHIPPED) == len(simulator.blobs(TID, "Audit.Exchange"))
     assert ids(victim.records) <= ids(receiver.records)
     assert ids(receiver.records) == {r["Id"] for b in simulator.blobs(TID) for r in b.records}
 
@@ -149,7 +140,7 @@ def test_a_message_for_a_tenant_this_deployment_does_not_collect_is_refused(
     collector.queue.send_message(task.to_message())
 
     with caplog.at_level(logging.INFO):
-        result = drain(collector)
+        result = host_queue_runner(collector).drain()
 
     assert_refused_at_once(collector, result, task.to_message())
     assert collector.ledger.get(task) is None
@@ -171,7 +162,7 @@ def test_a_message_for_a_content_type_the_tenant_does_not_collect_is_refused(
     collector.queue.send_message(task.to_message())
 
     with caplog.at_level(logging.INFO):
-        result = drain(collector)
+        result = host_queue_runner(collector).drain()
 
     assert_refused_at_once(collector, result, task.to_message())
     assert collector.ledger.get(task) is None
@@ -193,7 +184,7 @@ def test_control_characters_in_a_message_reach_the_log_escaped(
     collector.queue.send_message(task.to_message())
 
     with caplog.at_level(logging.INFO):
-        drain(collector)
+        host_queue_runner(collector).drain()
 
     (logged,) = refusals(caplog)
     assert "\n" not in logged
@@ -223,7 +214,7 @@ def test_with_a_message_key_only_messages_signed_with_it_are_fetched(
         collector.queue.send_message(message)
 
     with caplog.at_level(logging.INFO):
-        result = drain(collector)
+        result = host_queue_runner(collector).drain()
 
     assert result.count(Outcome.REFUSED) == 3
     assert result.failures == 0
@@ -240,5 +231,5 @@ def test_with_a_message_key_only_messages_signed_with_it_are_fetched(
     collector.run_lister()
     (queued,) = collector.queue.peek_messages(max_messages=1)
     assert '"sig":' in queued.content
-    assert drain(collector).count(Outcome.SHIPPED) == len(simulator.blobs(TID, "Audit.Exchange"))
+    assert host_queue_runner(collector).drain().count(Outcome.SHIPPED) == len(simulator.blobs(TID, "Audit.Exchange"))
     assert ids(receiver.records) == {r["Id"] for b in simulator.blobs(TID) for r in b.records}

@@ -19,12 +19,11 @@ import pytest
 from o365collector.checkpoints import CheckpointStore, Ledger
 from o365collector.fetcher import Outcome
 from o365collector.models import CONTENT_TYPES, FetchTask, Record
-from o365collector.queue_runner import QueueRunner
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
 from tests.receivers import HttpReceiver
-from tests.support import TENANT, now
+from tests.support import TENANT, host_queue_runner, now
 
 TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
@@ -61,15 +60,6 @@ def http_collector(make_collector: CollectorFactory, receiver: HttpReceiver, **o
     settings = {"SINK_TYPE": "http", "SINK_URL": receiver.url, "SINK_HTTP_BATCH_MAX_RECORDS": "5"} | overrides
     return make_collector(**settings)
 
-
-def drain(collector: Collector) -> QueueRunner:
-    return QueueRunner(
-        collector.queue,
-        collector.poison_queue,
-        lambda body, message_id, count: collector.process_message(body, message_id=message_id, dequeue_count=count),
-        collector.settings.queue_runner,
-        processing_lease=collector.settings.policy.claim_lease,
-    )
 
 
 def test_three_day_backfill_ships_every_record_exactly_once(
@@ -178,7 +168,7 @@ def test_crash_between_ship_and_mark_done_ships_only_that_blob_twice(
 
     monkeypatch.setattr(Ledger, "mark_done", die_before_marking)
     with pytest.raises(Crash):
-        drain(collector).drain()
+        host_queue_runner(collector).drain()
     monkeypatch.setattr(Ledger, "mark_done", real_mark_done)
 
     restarted = http_collector(make_collector, receiver, O365_CLAIM_LEASE_SECONDS="60")
@@ -292,7 +282,7 @@ def test_outcomes_are_counted(simulator: Simulator, receiver: HttpReceiver, make
     collector = http_collector(make_collector, receiver)
     collector.run_lister()
     collector.run_lister()  # lists the same blobs again: nothing new enqueued
-    result = drain(collector).drain()
+    result = host_queue_runner(collector).drain()
     assert result.count(Outcome.SHIPPED) == len(simulator.blobs(TID))
     assert result.records == sum(len(b.records) for b in simulator.blobs(TID))
 
