@@ -1,6 +1,10 @@
 """Fetch -> ship throughput of one collector process, against the floor of the same bytes.
 
-    .venv/bin/python bench/throughput.py [--quick] [--records N] [--profile FILE]
+    .venv/bin/python bench/throughput.py [--quick] [--records N] [--blob-records LOW-HIGH] [--profile FILE]
+
+``--blob-records 1-20`` makes tiny blobs: what they cost is the per-blob round trips (ledger, queue,
+GET, POST), and what counts is blobs/s, which the command-line runner raises by handling up to
+host.json ``batchSize`` deliveries at once.
 
 The workload (``bench/workload.py``): mixed content types, records of 0.5-5 KB with a few of 100 KB+,
 blobs of 1-5,000 records. The simulator serves them over HTTPS on loopback; the collector lists them,
@@ -39,10 +43,11 @@ import orjson
 from bench.harness import TENANT, Services, azurite, collector_env, machine
 from bench.workload import BlobBody, describe, make_blobs
 from o365collector.config import Settings
-from o365collector.queue_runner import DrainResult, QueueRunner
-from o365collector.running import Progress, list_all
+from o365collector.queue_runner import DrainResult
+from o365collector.running import Progress, list_all, queue_runner
 from o365collector.runtime import Collector, quiet_sdk_loggers
 from o365collector.sinks import http as http_sink
+from o365collector.telemetry import ShipTally
 
 TARGET_RECORDS_PER_SECOND = 30_000
 TARGET_FLOOR_RATIO = 2.0
@@ -68,16 +73,10 @@ def floor_seconds(blobs: Sequence[BlobBody], level: int) -> float:
 
 
 def drain(collector: Collector, workers: int) -> DrainResult:
-    """Ship the queue with ``workers`` queue runners at once (threads of this process, as the host does)."""
+    """Ship the queue with ``workers`` command-line queue runners (``run --once``'s) at once in this process."""
 
     def one() -> DrainResult:
-        return QueueRunner(
-            collector.queue,
-            collector.poison_queue,
-            lambda body, message_id, _count: collector.process_message(body, message_id=message_id),
-            collector.settings.queue_runner,
-            processing_lease=collector.settings.policy.claim_lease,
-        ).drain()
+        return queue_runner(collector, ShipTally()).drain()
 
     if workers == 1:
         return one()
@@ -102,12 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="queue deliveries handled at once (1: `run --once`; the Functions host runs up to host.json batchSize)",
+        help="queue runners in this process (1: `run --once`; each handles up to batchSize deliveries at once)",
     )
     parser.add_argument(
         "--gzip-level", type=int, default=None, help="override the http sink's gzip level (floor and pipeline alike)"
     )
     parser.add_argument("--blob-records", default="1-5000", help="records per blob, LOW-HIGH (default 1-5000)")
+    parser.add_argument(
+        "--api-rate",
+        type=float,
+        default=None,
+        help="O365_MAX_REQUESTS_PER_MINUTE for the bench's one tenant (default: the setting's, 1,500: one GET per blob "
+        "makes it 25 blobs/s at most; a fleet of tenants, each paced on its own, is what a larger figure stands for)",
+    )
     parser.add_argument("--spread", choices=("uniform", "log"), default="uniform", help="blob size distribution")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the shipping phase here")
     args = parser.parse_args(argv)
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     services = Services(blobs, created=created, seed=args.seed)
     try:
         with azurite() as storage:
-            env = collector_env(services.endpoints, storage, start=created - dt.timedelta(hours=2))
+            overrides = {} if args.api_rate is None else {"O365_MAX_REQUESTS_PER_MINUTE": f"{args.api_rate:g}"}
+            env = collector_env(services.endpoints, storage, start=created - dt.timedelta(hours=2), **overrides)
             os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
             collector = Collector(Settings.from_env(env))
             collector.ensure_resources()
@@ -158,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         services.stop()
 
+    runner = Settings.from_env(env).queue_runner
+    print(f"API pacing: {Settings.from_env(env).http.max_requests_per_minute:,.0f} requests/min for the one tenant")
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     rate = total / ship_seconds
     ratio = ship_seconds / floor
     print(
         f"listing: {listed.blobs_enqueued} blobs enqueued in {list_seconds:.2f}s; shipping: "
-        f"{len(blobs) / ship_seconds:.1f} blobs/s, {cpu / len(blobs) * 1000:.1f} ms CPU per blob"
+        f"{len(blobs) / ship_seconds:.1f} blobs/s, {cpu / len(blobs) * 1000:.1f} ms CPU per blob "
+        f"({args.workers} command-line runner(s), up to {runner.batch_size} deliveries at once each, "
+        f"the next batch at {runner.batch_size // 2} or fewer in flight)"
     )
     print(
         f"fetch -> ship: {drained.records:,} records in {ship_seconds:.2f}s = {rate:,.0f} records/s, "

@@ -18,8 +18,17 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CertificateCredential, ClientSecretCredential
 
-from .config import MAX_CERTIFICATE_BYTES, CertificateCredentialConfig, TenantConfig
+from .config import (
+    MAX_CERTIFICATE_BYTES,
+    CertificateCredentialConfig,
+    FederatedCredentialConfig,
+    KeyVaultCertificateConfig,
+    ManagedIdentityCredentialConfig,
+    TenantConfig,
+)
 from .errors import ApiPermanentError, ApiTransientError, ConfigError
+from .identity import build_secretless_credential, secretless_hint
+from .keyvault_certificates import build_keyvault_credential
 from .redaction import redact, scrub_exception
 
 # What the AADSTS codes azure-identity reports mean for the admin.
@@ -33,6 +42,9 @@ AADSTS_HINTS: dict[str, str] = {
     "(the Directory ID) and O365_CLOUD",
     "AADSTS900023": "the tenant id is malformed: check O365_TENANT_ID",
     "AADSTS50034": "the tenant or account is not found: check O365_TENANT_ID and O365_CLOUD",
+    "AADSTS700027": "the app registration does not accept the certificate the collector signs with (never uploaded "
+    "there, or expired): upload the current certificate's public part (.cer) under Certificates & secrets",
+    "AADSTS700024": "the signed client assertion is outside its valid time range: check the host's clock",
 }
 
 
@@ -45,10 +57,14 @@ def build_credential(tenant: TenantConfig, *, session: requests.Session | None =
     }
     if session is not None:
         options["transport"] = RequestsTransport(session=session, session_owner=False)
+    if isinstance(cred, ManagedIdentityCredentialConfig | FederatedCredentialConfig):
+        return build_secretless_credential(tenant, cred, options)
     if isinstance(cred, CertificateCredentialConfig):
         # The bytes, not the path: azure-identity would read any file whole, however large.
         pem = read_certificate(cred, tenant_id=tenant.tenant_id)
         return CertificateCredential(tenant.tenant_id, cred.client_id, certificate_data=pem, **options)
+    if isinstance(cred, KeyVaultCertificateConfig):
+        return build_keyvault_credential(tenant, cred, options, session=session)
     return ClientSecretCredential(tenant.tenant_id, cred.client_id, cred.client_secret.reveal(), **options)
 
 
@@ -124,7 +140,13 @@ class TokenProvider:
             return self._credential.get_token(self._scope).token
         except ClientAuthenticationError as err:
             message = self._tenant.in_own_terms(explain_auth_error(err))
+            secretless = secretless_hint(self._tenant, redact(str(err.message or err)), self._credential)
             scrub_exception(err)  # chained as the cause: whoever prints ours with its causes sees redacted text
+            if secretless is not None:
+                # Consent or a federated credential missing needs an admin; a silent identity endpoint may recover.
+                if secretless.startswith("AADSTS"):
+                    raise ApiPermanentError(secretless, code=secretless.split(":")[0]) from err
+                raise ApiTransientError(secretless) from err
             if any(code in message for code in AADSTS_HINTS):
                 raise ApiPermanentError(message, code=message.split(":")[0]) from err
             if "authority configuration" in message:

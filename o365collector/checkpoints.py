@@ -129,7 +129,7 @@ class CheckpointStore:
         return _checkpoint(entity)
 
     def list(self) -> list[Checkpoint]:
-        return [_checkpoint(e) for e in self._table.list_entities()]
+        return [_checkpoint(e) for e in self._table.list_entities() if not is_lease_row(e["RowKey"])]
 
     def advance(
         self,
@@ -181,6 +181,105 @@ def _checkpoint(entity: TableEntity) -> Checkpoint:
         entity.metadata["etag"],
         utc(swept) if isinstance(swept, dt.datetime) else None,
     )
+
+
+LEASE_ROW_PREFIX = "lease:"
+
+
+def is_lease_row(row_key: str) -> bool:
+    return row_key.startswith(LEASE_ROW_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLease:
+    tenant_id: str
+    content_type: str
+    holder: str
+    until: dt.datetime
+    etag: str
+
+
+class StreamLeases:
+    """Who lists a stream now: one row per stream beside its checkpoint (RowKey ``lease:<content type>``).
+
+    A sibling row, not columns of the checkpoint row: the checkpoint is replaced under its ETag at every
+    window, and a renewal on the same row would change that ETag under the lister's feet. ``Holder`` names
+    the delivery listing the stream (or the continuation it was handed to), ``Until`` when the lease lapses
+    unless renewed. Every change is ETag-conditional, so of two workers racing for a stream one wins.
+    """
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def acquire(
+        self,
+        tenant_id: str,
+        content_type: str,
+        holder: str,
+        now: dt.datetime,
+        length: dt.timedelta,
+        *,
+        handed: str = "",
+    ) -> StreamLease | dt.datetime | None:
+        """Take the stream: the lease; the instant another live holder's lease lapses (busy); or None when
+        ``handed`` (the holder this continuation was handed the lease as) was superseded by another worker."""
+        row_key = LEASE_ROW_PREFIX + content_type
+        fresh = {"PartitionKey": tenant_id, "RowKey": row_key, "Holder": holder, "Until": now + length}
+        for _ in range(3):  # bounded: each pass decides, or lost a race it sees on the next pass
+            try:
+                entity = self._table.get_entity(tenant_id, row_key)
+            except ResourceNotFoundError:
+                try:
+                    meta = self._table.create_entity(fresh)
+                except ResourceExistsError:
+                    continue
+                return StreamLease(tenant_id, content_type, holder, now + length, meta["etag"])
+            current = str(entity.get("Holder") or "")
+            until = entity.get("Until")
+            live = isinstance(until, dt.datetime) and utc(until) > now
+            if handed and current != handed:
+                return None  # someone took the stream after the handover: their chain carries it on
+            if live and current not in (handed, holder):  # the same holder: a redelivery of a dead delivery
+                return utc(until) if isinstance(until, dt.datetime) else now + length
+            try:
+                meta = self._table.update_entity(
+                    fresh,
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                continue
+            return StreamLease(tenant_id, content_type, holder, now + length, meta["etag"])
+        return now + length
+
+    def renew(self, lease: StreamLease, until: dt.datetime) -> StreamLease | None:
+        """Extend (or hand over, with another holder) a lease still held; None when it was taken over."""
+        return self._write(lease, lease.holder, until)
+
+    def hand_over(self, lease: StreamLease, holder: str, until: dt.datetime) -> StreamLease | None:
+        """Give the lease to the continuation message ``holder`` until ``until``: only that message may take it
+        before then, so the schedule's next message for the tenant does not start a second chain."""
+        return self._write(lease, holder, until)
+
+    def release(self, lease: StreamLease, now: dt.datetime) -> None:
+        """End the lease now (kept as a row: its holder says who listed last)."""
+        self._write(lease, lease.holder, now)
+
+    def _write(self, lease: StreamLease, holder: str, until: dt.datetime) -> StreamLease | None:
+        entity = {
+            "PartitionKey": lease.tenant_id,
+            "RowKey": LEASE_ROW_PREFIX + lease.content_type,
+            "Holder": holder,
+            "Until": until,
+        }
+        try:
+            meta = self._table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=lease.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return StreamLease(lease.tenant_id, lease.content_type, holder, until, meta["etag"])
 
 
 class ClaimStatus(StrEnum):

@@ -43,11 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if wants_resend(args):  # its own job: reads the ledger, fetches and sends directly, no queue
         return cmd_resend(args)
+    from .webhook_cli import listening
+
     collector = Collector(Settings.from_env(os.environ))
     try:
-        if args.once:
-            return run_once(collector, drain_seconds=args.max_seconds)
-        return run_forever(collector, args.interval)
+        with listening(args, collector):  # push mode on a VM: --webhook-listen
+            if args.once:
+                return run_once(collector, drain_seconds=args.max_seconds)
+            return run_forever(collector, args.interval)
     finally:
         collector.close()
 
@@ -74,7 +77,10 @@ def refuse_stop(args: argparse.Namespace, tenants: int) -> int | None:
 
 
 def cmd_subscriptions(args: argparse.Namespace) -> int:
+    from .webhook_cli import describe_webhook, record_webhooks, webhook_body
+
     settings = Settings.from_env(os.environ)
+    hook = webhook_body(args, os.environ)
     collector = Collector(settings, sinks=[])
     if args.action == "stop":
         refused = refuse_stop(args, len(collector.tenants()))
@@ -86,7 +92,10 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
         types = args.content_type or list(tenant.content_types)
         if args.action == "list":
             try:
-                current = {str(s.get("contentType")): str(s.get("status")) for s in api.list_subscriptions()}
+                listed = api.list_subscriptions()
+                current = {str(s.get("contentType")): str(s.get("status")) for s in listed}
+                hooks = {str(s.get("contentType")): describe_webhook(s) for s in listed}
+                record_webhooks(collector, tenant.tenant_id, listed)
             except CollectorError as err:
                 print(f"{tenant.tenant_id}: could not list the subscriptions: {redact(str(err))}", file=sys.stderr)
                 status = 1
@@ -96,13 +105,15 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
                 note = "" if content_type in tenant.content_types else " (not collected by this deployment)"
                 if state != "enabled" and content_type in tenant.content_types:
                     note = f": start it with `{SUBSCRIPTIONS_START} --content-type {content_type}`"
-                print(f"{tenant.tenant_id} {content_type}: {state}{note}")
+                print(f"{tenant.tenant_id} {content_type}: {state}{hooks.get(content_type, '')}{note}")
             continue
         for content_type in types:
             try:
                 if args.action == "start":
-                    api.start_subscription(content_type)
-                    print(f"{tenant.tenant_id} {content_type}: enabled")
+                    started = api.start_subscription(content_type, webhook=hook)
+                    if started is not None:
+                        record_webhooks(collector, tenant.tenant_id, [started])
+                    print(f"{tenant.tenant_id} {content_type}: enabled{describe_webhook(started)}")
                 else:
                     api.stop_subscription(content_type)
                     print(
@@ -158,7 +169,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not left_out(err):
             raise
         return cmd_left_out(args)
-    return run_demo(days=args.days, output=args.output, keep_running=args.keep_running)
+    return run_demo(
+        days=args.days, output=args.output, keep_running=args.keep_running, push=args.push, auth_mode=args.auth_mode
+    )
 
 
 def shows_default(action: argparse.Action) -> bool:
@@ -242,6 +255,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--content-type", action="append", type=content_type_arg, help="repeatable; default: all configured"
     )
     subs.add_argument("--yes", action="store_true", help="stop without asking (needed without a terminal)")
+    from .webhook_cli import add_run_arguments, add_subscription_arguments
+
+    add_subscription_arguments(subs)
+    add_run_arguments(run)
     subs.set_defaults(func=cmd_subscriptions)
 
     from .ops_cli import add_operator_commands
@@ -277,6 +294,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--keep-running",
         action="store_true",
         help="after the run, print every setting and keep Azurite and the simulator up until Ctrl-C",
+    )
+    demo.add_argument(
+        "--push",
+        action="store_true",
+        help="then push mode: webhooks on every subscription, fresh blobs notified by the simulator and shipped",
+    )
+    demo.add_argument(
+        "--auth-mode",
+        choices=("clientSecret", "managedIdentity", "federated"),
+        default="clientSecret",
+        help="sign in with a client secret, or secretless through the simulated managed identity endpoint",
     )
     demo.set_defaults(func=cmd_demo)
     describe_commands(parser)

@@ -22,6 +22,7 @@ from .envparse import (
     get_choice,
     get_datetime,
     get_https_url,
+    get_int,
     get_list,
     get_secret,
     get_str,
@@ -30,7 +31,11 @@ from .envparse import (
 )
 from .errors import ConfigError
 from .filtering import RecordFilter
+from .listing_settings import ListingQueueConfig, listing_queue_from_env
 from .models import CONTENT_TYPES
+from .push_settings import PushSettings
+from .redaction import printable
+from .secret_expiry import client_secret_expires_from_env
 from .sinks.base import SinkSettings
 
 
@@ -77,7 +82,53 @@ class CertificateCredentialConfig:
     kind: str = "certificate"
 
 
-CredentialConfig = ClientSecretCredentialConfig | CertificateCredentialConfig
+@dataclass(frozen=True, slots=True)
+class KeyVaultCertificateConfig:
+    """App registration with a certificate kept in Key Vault, read through the managed identity
+    (``keyvault_certificates``): no file to ship, and a renewed version is picked up without a restart."""
+
+    client_id: str
+    vault_uri: str
+    certificate_name: str
+    refresh: dt.timedelta
+    setting: str = "O365_CERTIFICATE_NAME"
+    """Where the name came from (a registry entry's ``credential``), so messages send the admin there."""
+    identity_client_id: str | None = None
+    """AZURE_CLIENT_ID: the user-assigned managed identity that reads the vault (None: the system one)."""
+    kind: str = "keyvault_certificate"
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedIdentityCredentialConfig:
+    """The function app's managed identity signs in itself (its own tenant only): no secret anywhere."""
+
+    identity_client_id: str | None
+    """``AZURE_CLIENT_ID``: the user-assigned identity's client id; None: the system-assigned identity."""
+    kind: str = "managed_identity"
+
+    @property
+    def client_id(self) -> str:
+        return self.identity_client_id or ""
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedCredentialConfig:
+    """A multi-tenant app trusting the managed identity through a federated identity credential: the
+    identity's token for ``token_exchange_audience`` is the app's client assertion. No secret anywhere."""
+
+    client_id: str
+    identity_client_id: str | None
+    token_exchange_audience: str
+    kind: str = "federated"
+
+
+CredentialConfig = (
+    ClientSecretCredentialConfig
+    | CertificateCredentialConfig
+    | KeyVaultCertificateConfig
+    | ManagedIdentityCredentialConfig
+    | FederatedCredentialConfig
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +227,30 @@ class HttpPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PacingConfig:
+    """The API budget shared by every instance on the storage account (``o365collector.pacing``)."""
+
+    # Off unless set, or running in Azure (see from_env): one CLI process paces itself exactly alone.
+    enabled: bool = False
+    # None: the status table (rows PartitionKey "pacing"), which every deployment already has.
+    table: str | None = None
+    # Calls claimed per storage update: 25 makes pacing cost at most 2/25 storage transactions per call
+    # and loses at most 25 calls per idle instance per minute (of 1,500).
+    slice_size: int = 25
+    # The pacing window: a minute, like the API's quota. Tests shorten it.
+    window_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueRunnerConfig:
     """What the Functions host does for queues, for the command-line runner. Same values as host.json."""
 
     visibility_timeout: dt.timedelta = dt.timedelta(seconds=30)
     max_dequeue_count: int = 5
-    batch_size: int = 16
+    batch_size: int = 16  # messages handled at once
+    # The next batch is received when this many or fewer are in flight; None: half of batch_size, the
+    # host's own default (host.json says 8 for its 16).
+    new_batch_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +282,10 @@ class HealthPolicy:
     lost_data_lookback: dt.timedelta = dt.timedelta(hours=24)
     # Messages tolerated in the poison queue: each one is content not delivered yet (replay-poison).
     max_poison: int = 0
+    # The client secret's expiry as the admin wrote it down (None: unknown or no secret); degraded this
+    # long ahead, so a month leaves time for a change request. See secret_expiry.py.
+    client_secret_expires: dt.datetime | None = None
+    secret_expiry_warning: dt.timedelta = dt.timedelta(days=30)
 
 
 DEFAULT_QUEUE = "o365-content"
@@ -234,6 +307,11 @@ SECRET_SETTING_FORM = "O365_SECRET_<NAME>"  # noqa: S105 (how the name is writte
 DEFAULT_CERTIFICATE_DIR = "/etc/o365collector/certificates"
 # A PEM with a private key and a certificate chain is a few KiB; a bigger file is not a certificate.
 MAX_CERTIFICATE_BYTES = 64 * 1024
+# Key Vault object names: 1-127 letters, digits and dashes.
+KEY_VAULT_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+# How often a Key Vault certificate is looked up for a renewed version: hourly is far inside any
+# renewal window (Key Vault renews days ahead of expiry) and costs one read per hour per certificate.
+DEFAULT_CERTIFICATE_REFRESH_MINUTES = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +324,7 @@ class Settings:
     ledger_table: str = DEFAULT_LEDGER_TABLE
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
     http: HttpPolicy = field(default_factory=HttpPolicy)
+    pacing: PacingConfig = field(default_factory=PacingConfig)
     queue_runner: QueueRunnerConfig = field(default_factory=QueueRunnerConfig)
 
     @property
@@ -266,6 +345,10 @@ class Settings:
     message_key: Secret | None = None
     """When set, the lister signs each queue message (HMAC-SHA256) and the fetcher refuses unsigned or
     wrongly signed ones to the poison queue: only holders of the key can have a blob fetched."""
+    listing: ListingQueueConfig = field(default_factory=ListingQueueConfig)
+    """The listing fan-out through the list queue (o365collector.listing_queue)."""
+    push: PushSettings = field(default_factory=PushSettings)
+    """Push mode: the webhook receiver's shared secret and arrival table (o365collector.webhook)."""
 
     @classmethod
     def from_env(cls, env: Environ, *, now: dt.datetime | None = None) -> Settings:
@@ -315,6 +398,15 @@ class Settings:
                 ),
                 max_content_mb=g.get_int(env, "O365_MAX_CONTENT_MB", 512, minimum=1, maximum=4096),
             ),
+            pacing=PacingConfig(
+                # On by default in Azure (the platform sets WEBSITE_SITE_NAME), where the plan scales out.
+                enabled=g.read(
+                    lambda: get_bool(env, "O365_SHARED_PACING", bool(get_str(env, "WEBSITE_SITE_NAME"))), False
+                ),
+                table=g.read(lambda: _optional_table_name(env, "O365_PACING_TABLE"), None),
+                # Up to 200: a slice is lost at the minute's end by an instance that goes idle.
+                slice_size=g.get_int(env, "O365_PACING_SLICE", 25, minimum=1, maximum=200),
+            ),
             queue_runner=QueueRunnerConfig(
                 visibility_timeout=dt.timedelta(
                     seconds=g.get_int(
@@ -326,9 +418,13 @@ class Settings:
                     )
                 ),
                 max_dequeue_count=g.get_int(env, "O365_MAX_DEQUEUE_COUNT", 5, minimum=1, maximum=100),
+                # host.json's batchSize (the queue service hands out 32 messages at most per receive).
+                batch_size=g.get_int(env, "O365_QUEUE_BATCH_SIZE", 16, minimum=1, maximum=32),
             ),
             list_schedule=g.read(lambda: schedule_from_env(env), DEFAULT_SCHEDULE),
             message_key=g.read(lambda: message_key_from_env(env), None),
+            listing=listing_queue_from_env(env, g),
+            push=g.read(lambda: PushSettings.from_env(env), PushSettings()),
             deferral=DeferralConfig(
                 # Up to a day: a blob's 7-day retention must leave room for several attempts after recovery.
                 backoff_max=dt.timedelta(
@@ -350,18 +446,28 @@ def tenant_from_env(env: Environ, *, now: dt.datetime | None = None) -> TenantCo
     tenant_id = g.read(
         lambda: parse_guid("O365_TENANT_ID", require_str(env, "O365_TENANT_ID", "the Microsoft 365 tenant GUID")), ""
     )
+    mode = g.read(lambda: auth_mode_from_env(env), None)
     client_id = g.read(
         lambda: parse_guid(
             "O365_CLIENT_ID", require_str(env, "O365_CLIENT_ID", "the application (client) id of the app registration")
         ),
         "",
-    )
+    ) if mode != MANAGED_IDENTITY else ""  # the identity signs in as itself: no app registration
     certificate = get_str(env, "O365_CLIENT_CERTIFICATE_PATH")
     known = len(g.errors)
     secret = g.read(lambda: get_secret(env, "O365_CLIENT_SECRET"), None)  # e.g. an unresolved Key Vault reference
     credential: CredentialConfig
-    if certificate is not None:
+    if mode in SECRETLESS_MODES:
+        credential = g.read(
+            lambda: secretless_credential_from_env(env, mode or "", client_id), None
+        ) or ManagedIdentityCredentialConfig(None)  # the placeholder never escapes: the error is raised below
+    elif certificate is not None:
         credential = CertificateCredentialConfig(client_id, certificate)
+    elif get_str(env, "O365_CERTIFICATE_NAME") is not None:
+        # The placeholder never escapes: a bad Key Vault setting is noted and raised with the others.
+        credential = g.read(lambda: keyvault_certificate_from_env(env, client_id), None) or CertificateCredentialConfig(
+            client_id, ""
+        )
     else:
         if secret is None and len(g.errors) == known:  # set but unusable is already reported
             g.errors.append(
@@ -417,6 +523,67 @@ def api_url_from_env(env: Environ, name: str) -> str | None:
         if port == 0:
             raise ConfigError(name, "has an invalid port (expected https://host[:port] with a port of 1-65535)")
     return url
+
+
+MANAGED_IDENTITY, FEDERATED = "managedIdentity", "federated"
+AUTH_MODES = ("clientSecret", "certificate", MANAGED_IDENTITY, FEDERATED)
+SECRETLESS_MODES = (MANAGED_IDENTITY, FEDERATED)
+# The audience of the managed identity's token presented as a federated assertion: Entra's token exchange
+# app per cloud (Microsoft 365 GCC signs in to the commercial cloud; GCC High and DoD to Azure Government).
+TOKEN_EXCHANGE_AUDIENCES = {
+    "Enterprise": "api://AzureADTokenExchange",
+    "GCC": "api://AzureADTokenExchange",
+    "GCCHigh": "api://AzureADTokenExchangeUSGov",
+    "DoD": "api://AzureADTokenExchangeUSGov",
+}
+
+
+def auth_mode_from_env(env: Environ) -> str | None:
+    """``O365_AUTH_MODE``; None (unset) keeps the inference: a certificate when one is set, else a secret."""
+    text = get_str(env, "O365_AUTH_MODE")
+    return get_choice(env, "O365_AUTH_MODE", "", AUTH_MODES) if text is not None else None
+
+
+def secretless_credential_from_env(
+    env: Environ, mode: str, client_id: str, cloud: str | None = None
+) -> ManagedIdentityCredentialConfig | FederatedCredentialConfig:
+    """The ``managedIdentity`` or ``federated`` credential; ``client_id`` is the multi-tenant app (federated)."""
+    identity = get_str(env, "AZURE_CLIENT_ID")
+    identity_id = parse_guid("AZURE_CLIENT_ID", identity) if identity else None
+    if mode == MANAGED_IDENTITY:
+        return ManagedIdentityCredentialConfig(identity_id)
+    if cloud is None:
+        cloud = next((c for c in CLOUDS if c.lower() == (get_str(env, "O365_CLOUD") or "").lower()), "Enterprise")
+    audience = get_str(env, "O365_TOKEN_EXCHANGE_AUDIENCE") or TOKEN_EXCHANGE_AUDIENCES[cloud]
+    if not re.fullmatch(r"api://[\w.\-/]{1,200}", audience):
+        raise ConfigError(
+            "O365_TOKEN_EXCHANGE_AUDIENCE",
+            f"{printable(audience[:100])!r} is not a token exchange audience (e.g. api://AzureADTokenExchange): "
+            "use the audience of the app's federated identity credential, or leave it empty",
+        )
+    return FederatedCredentialConfig(client_id, identity_id, audience)
+
+
+def keyvault_certificate_from_env(
+    env: Environ, client_id: str, name: str | None = None, *, setting: str = "O365_CERTIFICATE_NAME"
+) -> KeyVaultCertificateConfig:
+    """The certificate ``name`` (else ``O365_CERTIFICATE_NAME``) in ``O365_CERTIFICATE_KEY_VAULT_URI``."""
+    vault = get_https_url(env, "O365_CERTIFICATE_KEY_VAULT_URI")
+    if vault is None:
+        raise ConfigError(
+            "O365_CERTIFICATE_KEY_VAULT_URI",
+            f"is required for the Key Vault certificate of {setting} (the vault's URI, https://<vault>.vault.azure.net/)",
+        )
+    name = name if name is not None else get_str(env, "O365_CERTIFICATE_NAME", "")
+    if not name or not KEY_VAULT_NAME.fullmatch(name):
+        raise ConfigError(
+            setting, f"{printable((name or '')[:130])!r} is not a Key Vault certificate name (1-127 letters, digits, -)"
+        )
+    minutes = get_int(
+        env, "O365_CERTIFICATE_REFRESH_MINUTES", DEFAULT_CERTIFICATE_REFRESH_MINUTES, minimum=1, maximum=24 * 60
+    )
+    identity = get_str(env, "AZURE_CLIENT_ID")
+    return KeyVaultCertificateConfig(client_id, vault + "/", name, dt.timedelta(minutes=minutes), setting, identity)
 
 
 def certificate_dir_from_env(env: Environ) -> str:
@@ -575,6 +742,11 @@ def health_from_env(env: Environ) -> HealthPolicy:
             hours=g.get_int(env, "O365_HEALTH_LOST_DATA_HOURS", 24, minimum=0, maximum=366 * 24)
         ),
         max_poison=g.get_int(env, "O365_HEALTH_MAX_POISON", 0, minimum=0, maximum=1_000_000),
+        client_secret_expires=g.read(lambda: client_secret_expires_from_env(env), None),
+        # Secrets last at most two years: a longer warning would always be on.
+        secret_expiry_warning=dt.timedelta(
+            days=g.get_int(env, "O365_HEALTH_SECRET_EXPIRY_DAYS", 30, minimum=0, maximum=730)
+        ),
     )
     g.raise_if_any()
     return policy

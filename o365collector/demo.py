@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+
+import requests
 
 from .azurite import start_azurite
 from .config import Settings
 from .models import CONTENT_TYPES
-from .running import run_once
+from .running import queue_runner, run_once
 from .runtime import Collector
 from .simulator import Simulator, SimulatorConfig, TenantSpec
 from .simulator.cli import demo_environment, print_environment, storage_environment, wait_for_signal
+from .simulator.identity import secretless_environment
+from .simulator.server import HttpsServer
+from .simulator.wire import Request, Response
+from .telemetry import ShipTally
 
 DEMO_TENANT = TenantSpec(
     tenant_id="5b7c3a1e-8d2f-4e6a-9c0b-1a2b3c4d5e6f",
@@ -40,14 +49,82 @@ def count_output(folder: Path) -> Counter[str]:
     return counts
 
 
-def run_demo(*, days: float, output: str, keep_running: bool = False) -> int:
+def serve_webhook(collector: Collector, sim: Simulator, clock: Callable[[], dt.datetime]) -> HttpsServer:
+    """The collector's webhook receiver on ``https://127.0.0.1:PORT/api/webhook``, with the simulator's
+    certificate (its pusher trusts that CA): what the ``webhook`` function does, without a Functions host."""
+    receiver = collector.webhook_receiver()
+
+    def dispatch(request: Request) -> Response:
+        answer = receiver.handle(request.headers, request.body)
+        return Response(answer.status, answer.content())
+
+    if sim.cert_files is None:
+        raise RuntimeError("simulator not started: no certificate to serve the webhook with")
+    server = HttpsServer(
+        dispatch, cert_file=sim.cert_files.cert_file, key_file=sim.cert_files.key_file, date_source=clock
+    )
+    server.start()
+    return server
+
+
+def push_phase(collector: Collector, sim: Simulator, *, blobs: int = 3, wait_seconds: float = 30.0) -> int:
+    """Push mode, live: webhooks on every subscription, fresh blobs appear, the simulator's background pusher
+    notifies the receiver, which queues them; the queue is shipped as the queue trigger would. Returns how
+    many of the fresh blobs were pushed within ``wait_seconds``."""
+    listener = serve_webhook(collector, sim, sim.now)
+    try:
+        address = f"https://127.0.0.1:{listener.port}/api/webhook"
+        auth_id = collector.settings.push.auth_id
+        assert auth_id is not None
+        http = requests.Session()
+        http.verify = sim.ca_file
+        token = http.post(
+            f"{sim.authority_url}/{DEMO_TENANT.tenant_id}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "client_id": DEMO_TENANT.client_id,
+                  "client_secret": DEMO_TENANT.client_secret, "scope": "https://manage.office.com/.default"},
+            timeout=30,
+        ).json()["access_token"]  # fmt: skip
+        for content_type in CONTENT_TYPES:
+            http.post(
+                f"{sim.api_url}/api/v1.0/{DEMO_TENANT.tenant_id}/activity/feed/subscriptions/start",
+                params={"contentType": content_type, "PublisherIdentifier": DEMO_TENANT.tenant_id},
+                json={"webhook": {"address": address, "authId": auth_id.reveal(), "expiration": ""}},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ).raise_for_status()
+        now = sim.now()
+        fresh = {
+            sim.add_blob(
+                DEMO_TENANT.tenant_id, CONTENT_TYPES[i % len(CONTENT_TYPES)], now,
+                [{"Id": f"push-demo-{now.timestamp():.0f}-{i}", "CreationTime": now.strftime("%Y-%m-%dT%H:%M:%S")}],
+                available_at=now + dt.timedelta(seconds=1),
+            ).content_id
+            for i in range(blobs)
+        }  # fmt: skip
+        print(f"demo: push mode: webhook at {address}; {blobs} fresh blobs become available in 1 s")
+        pushed: set[str] = set()
+        deadline = time.monotonic() + wait_seconds
+        while pushed != fresh and time.monotonic() < deadline:
+            time.sleep(0.2)  # the background pusher runs on its own interval
+            pushed = {n.content_id for n in sim.pusher.log if n.status == 200} & fresh
+        queue_runner(collector, ShipTally()).drain(max_seconds=wait_seconds)  # what the queue trigger does
+        print(f"demo: push mode: {len(pushed)} of {blobs} fresh blobs notified by webhook and shipped")
+        return len(pushed)
+    finally:
+        listener.stop()
+
+
+def run_demo(
+    *, days: float, output: str, keep_running: bool = False, push: bool = False, auth_mode: str = "clientSecret"
+) -> int:
     """``keep_running``: after the run, print every setting and keep Azurite and the simulator up until
-    Ctrl+C, so ``check``, ``status`` and ``run`` can be explored against the demo's state."""
+    Ctrl+C, so ``check``, ``status`` and ``run`` can be explored against the demo's state. ``push``: then
+    push mode, live (``push_phase``)."""
     out = Path(output).resolve()
     now = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="o365-demo-") as scratch:
         azurite = start_azurite(Path(scratch) / "azurite")
-        sim = Simulator(SimulatorConfig(seed=7, page_size=20))
+        sim = Simulator(SimulatorConfig(seed=7, page_size=20, push_interval_seconds=0.5 if push else 0.0))
         try:
             sim.add_tenant(DEMO_TENANT)
             for content_type in CONTENT_TYPES:
@@ -68,12 +145,21 @@ def run_demo(*, days: float, output: str, keep_running: bool = False) -> int:
                     "O365_RETRY_BACKOFF_SECONDS": "0.2",
                 }
             )
+            if auth_mode != "clientSecret":
+                env |= secretless_environment(sim.identity, DEMO_TENANT.tenant_id, auth_mode)
+                # azure-identity reads the identity endpoint's variables from the process environment.
+                os.environ.update({k: env[k] for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")})
+                print(f"demo: {auth_mode}: signing in through the identity endpoint, no client secret")
+            if push:
+                env["O365_WEBHOOK_AUTH_ID"] = secrets.token_hex(24)  # the demo's own, new each run
             # requests and azure-identity read the simulator's CA bundle from the environment.
             os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
             print(f"demo: simulator at {sim.api_url}, Azurite on 127.0.0.1, {days:g} days of history")
             collector = Collector(Settings.from_env(env))
             try:
                 code = run_once(collector)
+                if push and push_phase(collector, sim) < 3:
+                    code = code or 1
             finally:
                 collector.close()
             expected = Counter(

@@ -48,11 +48,14 @@ from azure.core.exceptions import (
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from .arrivals import webhook_verdicts
 from .auth import AADSTS_HINTS, TokenProvider, read_certificate
+from .certificate_expiry import check_keyvault_certificate
 from .checkpoints import CheckpointStore
-from .config import CertificateCredentialConfig, CollectionPolicy, Settings, TenantConfig
+from .config import CertificateCredentialConfig, CollectionPolicy, KeyVaultCertificateConfig, Settings, TenantConfig
 from .envparse import Environ, InvalidSettingsError, get_str
 from .errors import ApiTransientError, CollectorError
+from .identity import missing_role_hint, secretless_hint
 from .lister import describe_first_run
 from .management_api import ManagementApiClient
 from .models import TimeWindow
@@ -182,8 +185,18 @@ def tenant_steps(
                 Step(name, Verdict.SKIP, "needs a usable certificate", subject) for name in ("token", *dependent)
             )
             return
+    vault_credential = None
+    if isinstance(tenant.credential, KeyVaultCertificateConfig):
+        verdict, detail, vault_credential = check_keyvault_certificate(
+            tenant, tenant.credential, clock(), dt.timedelta(days=CERTIFICATE_WARN_DAYS)
+        )
+        yield Step("certificate", Verdict(verdict), detail, subject)
+        if vault_credential is None or verdict == Verdict.FAIL:
+            skipped = ("token", *dependent)
+            yield from (Step(name, Verdict.SKIP, "needs a usable certificate", subject) for name in skipped)
+            return
     try:
-        tokens = TokenProvider(tenant)
+        tokens = TokenProvider(tenant, vault_credential)
         token = tokens.get_token()
     except Exception as err:
         yield Step("token", Verdict.FAIL, explain_token_failure(err, tenant), subject)
@@ -212,6 +225,8 @@ def tenant_steps(
 
     step, enabled = subscriptions_step(api, tenant, listed, confirm)
     yield step
+    for passed, detail in webhook_verdicts(tenant.content_types, listed, push=settings.push.enabled):
+        yield Step("webhook", Verdict.OK if passed else Verdict.FAIL, detail, subject)
     yield audit_step(api, tenant, enabled, server_now or after)
     yield clock_step(server_now, before + (after - before) / 2, subject)
 
@@ -333,6 +348,8 @@ def rename_settings(text: str, names: Mapping[str, str]) -> str:
 
 def explain_token_failure(err: BaseException, tenant: TenantConfig) -> str:
     text = redact(str(err))
+    if isinstance(err, CollectorError) and secretless_hint(tenant, text) is not None:
+        return text  # already the secretless mode's own hint (consent link, FIC command)
     for code, hint in AADSTS_HINTS.items():
         if code in text:
             return f"{code}: {hint}"
@@ -369,7 +386,7 @@ def roles_step(token: str, tenant: TenantConfig) -> Step:
     needed = [READ_ROLE] + ([DLP_ROLE] if DLP_TYPE in tenant.content_types else [])
     missing = [role for role in needed if role not in roles]
     if missing:
-        detail = "; ".join(MISSING_ROLE_HINT.format(role=role) for role in missing)
+        detail = "; ".join(missing_role_hint(tenant, role) or MISSING_ROLE_HINT.format(role=role) for role in missing)
         if missing == [DLP_ROLE]:
             detail += f" (or remove {DLP_TYPE} from the content types)"
         return Step("permissions", Verdict.FAIL, detail, tenant.tenant_id)

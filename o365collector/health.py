@@ -18,7 +18,8 @@ but something is going wrong that will become so if nobody looks:
 - a stream's last listing run failed (it still succeeded within the listing age);
 - a subscription is disabled (the stream's current error is ``AF20023``);
 - fetching or shipping is failing: a stream's last fetch error is newer than its last shipped blob;
-- the content queue is not draining: its oldest visible message has waited longer than the listing age.
+- the content queue is not draining: its oldest visible message has waited longer than the listing age;
+- push mode: a stream's webhook was disabled by the service or expired (``push_status``).
 
 200 for degraded follows ASP.NET Core's health checks (Healthy and Degraded answer 200, Unhealthy 503):
 an uptime checker that only reads the status code pages for outages, not for warnings; one that wants
@@ -43,11 +44,14 @@ import orjson
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
+from .certificate_expiry import report_certificate_expiry
 from .config import HealthPolicy
 from .deferral import report_deferrals
 from .errors import MessageFormatError
 from .models import FetchTask
+from .push_status import push_lines, report_push
 from .redaction import describe, summary
+from .secret_expiry import expiry_verdict
 from .status import LostBlob, StreamStatus
 from .storage import unreadable_reason
 
@@ -80,6 +84,8 @@ class StreamReport:
     degraded: list[str] = field(default_factory=list)
     deferred: list[dict[str, Any]] = field(default_factory=list)
     """Blobs waiting for a failing sink or the API, per cause (o365collector.deferral)."""
+    push: dict[str, Any] | None = None
+    """Push mode only: blobs by push/poll/both and the webhook's state (o365collector.push_status)."""
 
     @property
     def label(self) -> str:
@@ -162,6 +168,7 @@ class StreamReport:
             "problems": self.problems,
             "degraded": self.degraded,
             "deferred": self.deferred,
+            "push": self.push,
         }
 
 
@@ -194,6 +201,8 @@ class StatusReport:
     general_problems: list[str] = field(default_factory=list)
     """The problems and warnings of the collector as a whole (queues, registry), not of one stream."""
     general_degraded: list[str] = field(default_factory=list)
+    push: dict[str, Any] | None = None
+    """Push mode only: the webhook receiver's refused requests (o365collector.push_status)."""
 
     @property
     def state(self) -> str:
@@ -216,6 +225,7 @@ class StatusReport:
                 "max_throttled": self.policy.max_throttled,
                 "lost_data_hours": self.policy.lost_data_lookback.total_seconds() / 3600,
                 "max_poison": self.policy.max_poison,
+                "secret_expiry_days": self.policy.secret_expiry_warning.days,
             },
             "queues": {
                 "content": {
@@ -235,6 +245,7 @@ class StatusReport:
                 },
             },
             "streams": [s.to_dict() for s in self.streams],
+            "push": self.push,
         }
 
     def to_json(self, *, indent: bool = False) -> bytes:
@@ -274,6 +285,8 @@ def build_report(collector: Collector, now: dt.datetime | None = None) -> Status
         f"tenant registry row skipped (not collected): {summary(str(p))}" for p in collector.registry_problems
     )
     report_deferrals(report, collector.deferrals.list_deferred(), now)
+    report_push(report, collector, now)
+    report_certificate_expiry(report, tenants)  # certificates near or past their end (certificate_expiry.py)
     judge(report, now)
     return report
 
@@ -361,6 +374,9 @@ def judge(report: StatusReport, now: dt.datetime) -> None:
             f"the oldest waiting for {_age(now - oldest)} (more than O365_HEALTH_MAX_LISTING_AGE_MINUTES); "
             "is the fetch_content function running, and is it failing (see the last errors)?"
         )
+    expiry = expiry_verdict(policy.client_secret_expires, policy.secret_expiry_warning, now)
+    if expiry is not None:
+        (report.general_problems if expiry[0] else report.general_degraded).append(expiry[1])
     _collect(report)
 
 
@@ -561,6 +577,7 @@ def render_table(report: StatusReport) -> str:
         poison_line += f"; {q.poison_unreadable} unreadable"
     lines.append(poison_line)
     lines.extend(_late_line(stream, now) for stream in report.streams if stream.status and stream.status.last_late_at)
+    lines.extend(push_lines(report))
     lines.append(f"checked {_zoned(now)}; SHIPPED counts records since the status row was created")
     lines.append("")
     if report.problems:

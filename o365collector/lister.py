@@ -158,6 +158,8 @@ class _StreamTask:
         self.sweep_from = 0
         """Index of the first late-sweep window in ``windows`` (they come after the normal ones)."""
         self.sweep_recorded_at: int | None = None
+        self.new_windows = 0
+        """Windows listed in this run that end past the checkpoint it started from (what ``window_budget`` counts)."""
         """Index of the window whose save records the sweep as done (None: no sweep due)."""
 
     @property
@@ -181,7 +183,10 @@ class Lister:
         on_window: Callable[[StreamResult], None] | None = None,
         concurrency: int = 1,
         per_tenant_concurrency: int = 2,
+        window_budget: int | None = None,
     ) -> None:
+        """``window_budget``: windows listed per stream in this run at most (a list message's share; the rest is
+        left as ``windows_left``, like what the time budget leaves)."""
         self._tenants = tenants
         self._policy = policy
         self._api_for_tenant = api_for_tenant
@@ -192,6 +197,7 @@ class Lister:
         self._on_window = on_window
         self._concurrency = concurrency
         self._per_tenant = per_tenant_concurrency
+        self._window_budget = window_budget
         self._broken: dict[str, CollectorError] = {}
         self._signed_in: set[str] = set()
         self._gates: dict[str, threading.Lock] = {}
@@ -256,7 +262,7 @@ class Lister:
                 try:
                     if task.windows is None:
                         self._plan(task, fields)
-                    elif self._monotonic() >= self._deadline:
+                    elif self._monotonic() >= self._deadline or self._budget_spent(task):
                         stream.windows_left = len(task.windows) - task.next_window
                     else:
                         self._list_window(task, api, fields)
@@ -276,6 +282,13 @@ class Lister:
         if not more:
             self._finish(task)
         return more
+
+    def _budget_spent(self, task: _StreamTask) -> bool:
+        """The window budget counts new ground only: the overlap re-list and the late sweep (behind the
+        checkpoint) are always listed, else a caught-up stream would never finish, each message re-planning them."""
+        if self._window_budget is None or task.windows is None or task.new_windows < self._window_budget:
+            return False
+        return task.started_cursor is None or task.windows[task.next_window].end > task.started_cursor
 
     def _sign_in(self, tenant_id: str, api: ManagementApiClient) -> None:
         """Get the tenant's token once per run, before its first stream: a sign-in failure
@@ -349,15 +362,15 @@ class Lister:
 
         for blob in api.list_content(stream.content_type, window, on_malformed=refuse):
             position = next(positions)
-            if blob.content_type != stream.content_type:
-                problem = f"its contentType is not {stream.content_type}, the content type listed"
+            problem = content_type_problem(blob, stream.content_type)
+            if problem is not None:
                 self._refuse(stream, window, position, blob.content_id, problem, fields)
                 continue
             stream.blobs_listed += 1
             if blob.content_id in recent:
                 stream.blobs_already_queued += 1
                 continue
-            self._queue.send_message(FetchTask.for_blob(task.tenant.tenant_id, blob).to_message())
+            enqueue_blob(self._queue, task.tenant.tenant_id, blob)
             recent.add(blob.content_id, blob.content_created)
             stream.blobs_enqueued += 1
             if task.started_cursor is not None and blob.content_created < task.started_cursor:
@@ -384,6 +397,8 @@ class Lister:
         if index >= task.sweep_from:
             stream.sweep_windows += 1
         stream.late_sweep = stream.late_sweep or swept
+        if task.started_cursor is None or window.end > task.started_cursor:
+            task.new_windows += 1
         task.next_window += 1
         if self._on_window is not None:
             self._on_window(stream)
@@ -429,6 +444,18 @@ class Lister:
         message = SUMMARY_MESSAGE if stream.ok else FAILED_MESSAGE
         level = logging.INFO if stream.ok else logging.ERROR
         log.log(level, "%s %s", message, orjson.dumps(stream.summary()).decode(), extra=fields)
+
+
+def content_type_problem(blob: ContentBlob, content_type: str) -> str | None:
+    """Why a listed (or pushed) blob does not belong to the ``content_type`` stream; None if it does."""
+    if blob.content_type != content_type:
+        return f"its contentType is not {content_type}, the content type listed"
+    return None
+
+
+def enqueue_blob(queue: TaskQueue, tenant_id: str, blob: ContentBlob) -> None:
+    """Put one fetch task on the content queue: the lister and the webhook receiver share this."""
+    queue.send_message(FetchTask.for_blob(tenant_id, blob).to_message())
 
 
 def describe_first_run(content_types: str, start_time: dt.datetime | None, plan: WindowPlan) -> str:

@@ -40,7 +40,7 @@ from .errors import (
     UntrustedUrlError,
 )
 from .models import ContentBlob, ListingEntryError, Record, TimeWindow, format_api_time
-from .ratelimit import RateLimiter
+from .ratelimit import Pacer, RateLimiter
 from .redaction import printable
 from .retry import RetryPolicy, parse_retry_after, retrying
 
@@ -150,7 +150,9 @@ class ManagementApiClient:
         session: requests.Session | None = None,
         policy: HttpPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pacer: Pacer | None = None,
     ) -> None:
+        """``pacer``: the publisher's budget shared with other instances (``o365collector.pacing``), if any."""
         self.tenant = tenant
         self._tokens = tokens or TokenProvider(tenant)
         self._session = session or requests.Session()
@@ -164,6 +166,7 @@ class ManagementApiClient:
         self._local = threading.local()
         # The API's quota is per tenant (2,000 requests/min baseline): pace below it, with a margin.
         self._limiter = RateLimiter(self._policy.max_requests_per_minute / 60.0, sleep=sleep)
+        self._pacer = pacer
 
     @contextmanager
     def counting(self) -> Iterator[ApiStats]:
@@ -284,21 +287,35 @@ class ManagementApiClient:
         response = self._call("GET", f"{self._root}/subscriptions/list", "list subscriptions")
         return _json_array(response.content, "subscription list"), response.headers.get("Date")
 
-    def start_subscription(self, content_type: str) -> None:
-        """Start (or re-enable) the subscription; "already enabled" (400 AF20024) counts as success."""
+    def start_subscription(self, content_type: str, *, webhook: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """Start (or re-enable) the subscription; "already enabled" (400 AF20024) counts as success.
+
+        ``webhook`` (``address``, ``authId``, ``expiration``) sets, updates or re-enables its webhook: the
+        service validates the address before answering (AF20021 when it does not answer 200). Returns the
+        subscription as the service describes it (None when it was already enabled as asked).
+        """
         url = f"{self._root}/subscriptions/start?{urlencode({'contentType': content_type})}"
+        body = orjson.dumps({"webhook": webhook}) if webhook is not None else b""
         try:
-            self._call("POST", url, f"start subscription {content_type}")
+            response = self._call("POST", url, f"start subscription {content_type}", body=body)
         except ApiPermanentError as err:
             if err.code != "AF20024":
                 raise
+            return None
+        try:
+            started = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError:
+            return None
+        return started if isinstance(started, dict) else None
 
     def stop_subscription(self, content_type: str) -> None:
         url = f"{self._root}/subscriptions/stop?{urlencode({'contentType': content_type})}"
         self._call("POST", url, f"stop subscription {content_type}")
 
     # -- transport ---------------------------------------------------------------------------
-    def _call(self, method: str, url: str, what: str, *, url_kind: str = "API URL") -> requests.Response:
+    def _call(
+        self, method: str, url: str, what: str, *, url_kind: str = "API URL", body: bytes = b""
+    ) -> requests.Response:
         target = self._trusted(url, url_kind)
         policy = RetryPolicy(
             max_attempts=self._policy.max_attempts,
@@ -307,10 +324,10 @@ class ManagementApiClient:
         )
         for attempt in retrying(policy, sleep=self._sleep, on_retry=self._count_retry):
             with attempt:
-                return self._send(method, target, what)
+                return self._send(method, target, what, body=body)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _send(self, method: str, url: str, what: str, *, stream: bool = False) -> requests.Response:
+    def _send(self, method: str, url: str, what: str, *, stream: bool = False, body: bytes = b"") -> requests.Response:
         try:
             token = self._tokens.get_token()
         except AzureError as err:  # network failure talking to the login host
@@ -318,6 +335,8 @@ class ManagementApiClient:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if method == "POST":
             headers["Content-Type"] = "application/json; utf-8"
+        if self._pacer is not None:
+            self._pacer.acquire()  # the fleet's budget first: a wait there must not spend a local token
         self._limiter.acquire()
         self._count("requests")
         try:
@@ -326,7 +345,7 @@ class ManagementApiClient:
                 url,
                 headers=headers,
                 timeout=self._policy.timeout_seconds,
-                data=b"" if method == "POST" else None,
+                data=body if method == "POST" else None,
                 stream=stream,
             )
         except (requests.ConnectionError, requests.Timeout) as err:

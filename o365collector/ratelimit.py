@@ -1,6 +1,8 @@
 """A thread-safe pacing limiter: at most ``rate`` acquisitions per second on average, small bursts allowed.
 
-Each tenant's API client has its own, so one tenant's pace never slows another's.
+Each tenant's API client has its own, so one tenant's pace never slows another's. It smooths one
+process's calls; the budget shared by several instances is ``o365collector.pacing``, taken through
+the ``Pacer`` protocol so that the API client needs no storage.
 """
 
 from __future__ import annotations
@@ -8,6 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Pacer(Protocol):
+    """Something to take one call's token from before each API call; returns the seconds waited."""
+
+    def acquire(self) -> float: ...
 
 
 class RateLimiter:

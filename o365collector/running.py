@@ -21,6 +21,7 @@ from typing import Any, Self
 from .errors import CollectorError
 from .fetcher import Outcome
 from .lister import ListerResult, StreamResult
+from .listing_queue import list_through_queue
 from .queue_runner import DrainResult, QueueRunner
 from .redaction import redact
 from .runtime import Collector
@@ -46,6 +47,7 @@ class Progress:
         self._started = monotonic()
         self._last = 0.0
         self._last_error: str | None = None
+        self._shown: tuple[int, ...] | None = None  # the tally the last shipping line showed
         self.windows = 0
         self.total = 0  # blobs the listing enqueued this pass
 
@@ -63,7 +65,17 @@ class Progress:
         new_error = drained.last_error is not None and drained.last_error != self._last_error
         self._last_error = drained.last_error
         if self._due() or new_error:
-            self._out.info("shipping: %s", self.describe(drained))
+            self._show(drained)
+
+    def finish(self, drained: DrainResult) -> None:
+        """The drain's last line, unless the last one shown said the same: messages finish one by one on the
+        runner's threads, and lines come at most every few seconds, so the end may not have been shown."""
+        if self._shown != _tally(drained):
+            self._show(drained)
+
+    def _show(self, drained: DrainResult) -> None:
+        self._shown = _tally(drained)
+        self._out.info("shipping: %s", self.describe(drained))
 
     def describe(self, drained: DrainResult) -> str:
         elapsed = max(self._monotonic() - self._started, 1e-6)
@@ -90,6 +102,10 @@ class Progress:
         return False
 
 
+def _tally(drained: DrainResult) -> tuple[int, ...]:
+    return (drained.completed, drained.failures, drained.deferred, drained.records, drained.poisoned)
+
+
 def problems(drained: DrainResult) -> str:
     """What went wrong in a drain ("3 failures, 2 deferred"), for the human lines."""
     parts = [plural(drained.failures, "failure")] if drained.failures else []
@@ -110,9 +126,10 @@ def plural(n: int, word: str) -> str:
 
 
 class StopRequest:
-    """SIGINT and SIGTERM for ``run``: the first asks to stop after the current blob, the second exits at once.
+    """SIGINT and SIGTERM for ``run``: the first asks to stop after the blobs in flight, the second exits at once.
 
-    The current blob is finished (or, not begun, its message made visible again) and the summary printed.
+    The blobs in flight (up to host.json ``batchSize``) are finished, messages received but not begun are
+    made visible again, and the summary printed.
     A second signal ends the process without that: a blob being shipped is delivered again later, which
     the ledger makes harmless (at-least-once).
     """
@@ -148,6 +165,10 @@ def list_all(
     collector: Collector, progress: Progress, *, should_stop: Callable[[], bool] = lambda: False
 ) -> ListerResult:
     """Run the lister until no window is left (each pass is bounded by the run budget) or a stop is asked."""
+    if collector.settings.listing.fanout:  # the same path as in Azure: through the list queue
+        listed = list_through_queue(collector, on_window=progress.on_window, should_stop=should_stop)
+        collector.auto_replay()
+        return listed
     combined = ListerResult()
     by_stream: dict[tuple[str, str], StreamResult] = {}
     for _ in range(MAX_LISTING_PASSES):
@@ -200,6 +221,7 @@ def _run_once(collector: Collector, stop: StopRequest, drain_seconds: float | No
     drained = runner.drain(
         max_seconds=drain_seconds, on_progress=progress.on_drain, on_idle=progress.on_drain, should_stop=stop
     )
+    progress.finish(drained)
     log_run_summary(listed, tally, time.monotonic() - started)
     code = report(listed, drained, time.monotonic() - started)
     if stop.signum is not None:
@@ -246,7 +268,7 @@ def banner(collector: Collector, interval: float) -> str:
     return (
         f"collector starting: {plural(len(tenants), 'tenant')} ({names}); "
         f"content types {', '.join(content_types) or 'none'}; sinks {sinks}; "
-        f"a pass every {format_seconds(interval)}; Ctrl-C or SIGTERM stops after the current blob"
+        f"a pass every {format_seconds(interval)}; Ctrl-C or SIGTERM stops after the blobs in flight"
     )
 
 
@@ -293,7 +315,7 @@ def _run_forever(collector: Collector, interval: float, stop: StopRequest) -> in
         cycle_start = time.monotonic()
         passes += 1
         try:
-            listed = collector.run_lister()
+            listed = list_all(collector, Progress(log)) if collector.settings.listing.fanout else collector.run_lister()
             progress = Progress(log)
             progress.start_shipping(listed.blobs_enqueued, queued(collector))
             drained = runner.drain(

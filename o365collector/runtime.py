@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Mapping
 from functools import partial
 
+from .arrivals import ArrivalStore
 from .auth import TokenProvider
-from .checkpoints import CheckpointStore, Ledger
+from .checkpoints import CheckpointStore, Ledger, StreamLeases
 from .config import Settings, TenantConfig
 from .deferral import MAX_VISIBILITY, DeferralStore, NamedSink, expiry_message, plan_deferral, waiting_for
 from .errors import (
@@ -31,6 +32,7 @@ from .health import health_response
 from .lister import Lister, ListerResult, StreamResult, TaskQueue
 from .management_api import ManagementApiClient, shared_session
 from .models import FetchTask, sign_message, signature_problem
+from .pacing import shared_pacing
 from .poison import ReplayResult, auto_replay_poison
 from .queue_runner import POISONED_MESSAGE
 from .redaction import install_log_redaction, printable, scrub_exception, summary
@@ -39,6 +41,7 @@ from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
 from .telemetry import log_fetch_result
 from .tenants import TableTenantRegistry
+from .webhook import PollMarkingQueue, WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +95,18 @@ class Collector:
         storage = storage or StorageClients(settings.storage)
         self.queue = storage.queue(settings.content_queue)
         self.poison_queue = storage.queue(settings.poison_queue)
+        # The listing fan-out (o365collector.listing_queue): list messages, and who lists each stream now.
+        self.list_queue = storage.queue(settings.listing.queue)
+        self.list_poison_queue = storage.queue(settings.listing.queue + "-poison")
         self._checkpoint_table = storage.table(settings.checkpoint_table)
         self._ledger_table = storage.table(settings.ledger_table)
         self.checkpoints = CheckpointStore(self._checkpoint_table)
+        self.stream_leases = StreamLeases(self._checkpoint_table)
         self.ledger = Ledger(self._ledger_table)
         self._status_table = storage.table(settings.status_table)
         self.status = StatusStore(self._status_table)
         self.deferrals = DeferralStore(self._status_table)
+        self.arrivals = ArrivalStore(storage.table(settings.push.arrival_table))  # push mode only
         self._defer_visibility = defer_visibility or _visibility_seconds
         self.sinks: list[Sink] = sinks if sinks is not None else [s.create() for s in settings.sinks]
         self._tenants = {t.tenant_id: t for t in settings.tenants}
@@ -111,6 +119,8 @@ class Collector:
         # One keep-alive pool for every tenant's API and token calls: hundreds of tenants on the same
         # hosts should not cost hundreds of TLS handshakes per run.
         self._http = shared_session(pool_size=max(8, settings.list_concurrency * 2))
+        # The API budget shared with the other instances on this storage account (O365_SHARED_PACING).
+        self.pacing = shared_pacing(settings, storage)
 
     def tenants(self, *, refresh: bool = True) -> tuple[TenantConfig, ...]:
         """The tenants to collect; a table registry is re-read so added or disabled tenants take effect."""
@@ -143,6 +153,13 @@ class Collector:
         ensure_table(self._checkpoint_table)
         ensure_table(self._ledger_table)
         ensure_table(self._status_table)
+        if self.pacing is not None:
+            ensure_table(self.pacing.table)
+        if self.settings.listing.fanout:
+            ensure_queue(self.list_queue)
+            ensure_queue(self.list_poison_queue)
+        if self.settings.push.enabled:
+            self.arrivals.ensure_table()
         if self._registry is not None:
             self._registry.ensure_table()
 
@@ -164,6 +181,7 @@ class Collector:
                     policy=self.settings.http,
                     session=self._http,
                     tokens=TokenProvider(tenant, session=self._http),
+                    pacer=self.pacing.pacer(tenant.publisher_id) if self.pacing is not None else None,
                 )
                 self._apis[tenant_id] = client
             return client
@@ -182,16 +200,39 @@ class Collector:
         err.args = (f"{source}: {err.problem}",)
         return err
 
-    def lister(self, on_window: Callable[[StreamResult], None] | None = None) -> Lister:
+    def lister(
+        self,
+        on_window: Callable[[StreamResult], None] | None = None,
+        *,
+        tenants: tuple[TenantConfig, ...] | None = None,
+        window_budget: int | None = None,
+    ) -> Lister:
+        """The lister over every tenant, or over ``tenants`` at most ``window_budget`` windows per stream
+        (one list message's share, o365collector.listing_queue)."""
         return Lister(
-            tenants=self.tenants(),
+            tenants=self.tenants() if tenants is None else tenants,
+            window_budget=window_budget,
             concurrency=self.settings.list_concurrency,
             policy=self.settings.policy,
             api_for_tenant=self.api,
             checkpoints=self.checkpoints,
-            queue=self._task_queue(),
+            queue=self._lister_queue(),
             clock=self.clock,
             on_window=on_window,
+        )
+
+    def _lister_queue(self) -> TaskQueue:
+        """In push mode the lister's messages are recorded as polled (for the push/poll counts)."""
+        queue = self._task_queue()
+        return PollMarkingQueue(queue, self.arrivals, self.clock) if self.settings.push.enabled else queue
+
+    def webhook_receiver(self) -> WebhookReceiver:
+        return WebhookReceiver(
+            auth_id=self.settings.push.auth_id,
+            tenants=lambda refresh: self.tenants(refresh=refresh),
+            queue=self._task_queue(),
+            arrivals=self.arrivals,
+            clock=self.clock,
         )
 
     def _task_queue(self) -> TaskQueue:
@@ -431,6 +472,22 @@ def process_message(*, body: str | bytes, message_id: str, dequeue_count: int) -
         raise
     log_fetch_result(task, result)
     return result
+
+
+def webhook(headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+    """The webhook function's answer to one POST from the Management Activity API (see ``webhook``)."""
+    global _receiver
+    active = collector()
+    with _receiver_lock:
+        if _receiver is None or _receiver[0] is not active:
+            _receiver = (active, active.webhook_receiver())
+        receiver = _receiver[1]
+    answer = receiver.handle(headers, body)
+    return answer.status, answer.content()
+
+
+_receiver: tuple[Collector, WebhookReceiver] | None = None
+_receiver_lock = threading.Lock()
 
 
 def health() -> tuple[int, bytes]:

@@ -17,6 +17,7 @@ import base64
 import binascii
 from typing import Any, Self
 
+import requests
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -24,14 +25,19 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient, TableServiceClient
 from azure.identity import CredentialUnavailableError, DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient, QueueMessage, TextBase64DecodePolicy, TextBase64EncodePolicy
+from urllib3.util.retry import Retry
 
 from .config import StorageConfig
 from .errors import ConfigError
 
 STORAGE_SETTING = "AzureWebJobsStorage"
+# Connections kept per client: the queue runner works on up to host.json batchSize (16) messages at
+# once, each with queue and table calls; requests' default of 10 would drop (and log) the others.
+POOL_CONNECTIONS = 32
 CONNECTION_STRING_FORM = (
     "expected DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>;EndpointSuffix=core.windows.net, "
     "or UseDevelopmentStorage=true for Azurite"
@@ -177,6 +183,7 @@ class StorageClients:
                 name,
                 message_encode_policy=encode,
                 message_decode_policy=decode,
+                transport=pooled_transport(),
             )
         assert self._config.queue_service_uri is not None
         return QueueClient(
@@ -185,13 +192,29 @@ class StorageClients:
             credential=self._credential,
             message_encode_policy=encode,
             message_decode_policy=decode,
+            transport=pooled_transport(),
         )
 
     def table(self, name: str) -> TableClient:
         if self._config.connection_string is not None:
-            return TableClient.from_connection_string(self._config.connection_string.reveal(), table_name=name)
+            return TableClient.from_connection_string(
+                self._config.connection_string.reveal(), table_name=name, transport=pooled_transport()
+            )
         assert self._config.table_service_uri is not None
-        return TableServiceClient(self._config.table_service_uri, credential=self._credential).get_table_client(name)
+        return TableServiceClient(
+            self._config.table_service_uri, credential=self._credential, transport=pooled_transport()
+        ).get_table_client(name)
+
+
+def pooled_transport() -> RequestsTransport:
+    """azure-core's requests transport (retries off: the SDK's policy retries) with ``POOL_CONNECTIONS``."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False), pool_maxsize=POOL_CONNECTIONS
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session)
 
 
 def ensure_queue(client: QueueClient) -> None:

@@ -23,6 +23,7 @@ service, a container, Application Insights) they are always written.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -63,6 +64,8 @@ class ShipTally:
 
     def __init__(self) -> None:
         self.counts: dict[StreamKey, Counter[str]] = {}
+        # The queue runner's threads count at once; ``+=`` on a Counter is not atomic.
+        self._lock = threading.Lock()
 
     def wrap(self, handler: Handler) -> Handler:
         def counted(body: str, message_id: str, dequeue_count: int) -> FetchResult:
@@ -82,7 +85,8 @@ class ShipTally:
         self.counts = {}
 
     def _add(self, key: StreamKey, name: str, amount: int = 1) -> None:
-        self.counts.setdefault(key, Counter())[name] += amount
+        with self._lock:
+            self.counts.setdefault(key, Counter())[name] += amount
 
     def get(self, tenant_id: str, content_type: str) -> Counter[str]:
         return self.counts.get((tenant_id, content_type), Counter())

@@ -16,6 +16,11 @@ An entry (JSON keys, or table columns of the same names)::
                  | "setting:O365_SECRET_CONTOSO"  # an app setting holding this tenant's client secret
                                                 #   (in Azure: a Key Vault reference)
                  | "certificate:contoso.pem",   # a PEM with private key and certificate, in O365_CERTIFICATE_DIR
+                 | "keyvault:contoso-cert",     # a certificate in O365_CERTIFICATE_KEY_VAULT_URI (managed identity)
+                 | "managedIdentity"            # the function app's identity itself (AZURE_CLIENT_ID), only
+                                                #   for the identity's own tenant; no clientId needed
+                 | "federated",                 # the app (clientId) trusting the identity by a federated
+                                                #   identity credential; each tenant consents to the app
      "contentTypes": ["Audit.Exchange", "DLP.All"], "startTime": "2026-11-01T00:00:00Z",
      "sinks": ["splunk"], "enabled": true, "publisherId": "<guid>"}
 
@@ -45,15 +50,20 @@ from azure.data.tables import TableClient, UpdateMode
 
 from .config import (
     CLOUDS,
+    MANAGED_IDENTITY,
     SECRET_SETTING_FORM,
     SECRET_SETTING_NAME,
+    SECRETLESS_MODES,
     CertificateCredentialConfig,
     ClientSecretCredentialConfig,
     CredentialConfig,
     TenantConfig,
     api_url_from_env,
+    auth_mode_from_env,
     certificate_dir_from_env,
     content_types_from_env,
+    keyvault_certificate_from_env,
+    secretless_credential_from_env,
     start_time_from_env,
     tenant_from_env,
 )
@@ -135,11 +145,13 @@ def tenant_from_entry(
     cloud = next((c for c in CLOUDS if c.lower() == cloud_text.lower()), None)
     if cloud is None:
         raise ConfigError(f"{where}.cloud", f"unknown value {cloud_text!r} (expected one of {', '.join(CLOUDS)})")
+    credential_text = _text(entry, "credential", where) or "shared"
     client_text = _text(entry, "clientId", where) or get_str(env, "O365_CLIENT_ID")
-    if client_text is None:
+    own_identity = secretless_kind(credential_text, env) == MANAGED_IDENTITY  # signs in as itself: no app
+    if client_text is None and not own_identity:
         raise ConfigError(f"{where}.clientId", "is required (or set O365_CLIENT_ID for a shared multi-tenant app)")
-    client_id = parse_guid(f"{where}.clientId", client_text)
-    credential = _credential(_text(entry, "credential", where) or "shared", client_id, env, where)
+    client_id = parse_guid(f"{where}.clientId", client_text) if client_text else ""
+    credential = _credential(credential_text, client_id, env, where, cloud=cloud)
     # Entry fields fall back to the deployment-wide settings.
     if entry.get("contentTypes") is None:
         content_types = content_types_from_env(env)
@@ -196,12 +208,29 @@ def _text(entry: Mapping[str, Any], key: str, where: str) -> str | None:
     return value.strip()
 
 
-def _credential(text: str, client_id: str, env: Environ, where: str) -> CredentialConfig:
+def secretless_kind(text: str, env: Environ) -> str | None:
+    """``managedIdentity`` or ``federated`` when the entry's credential (``shared``: the app's mode) is secretless."""
+    if text == "shared":
+        try:
+            mode = auth_mode_from_env(env)
+        except ConfigError:
+            return None  # reported with the settings
+        return mode if mode in SECRETLESS_MODES else None
+    return text if text in SECRETLESS_MODES else None
+
+
+def _credential(text: str, client_id: str, env: Environ, where: str, *, cloud: str | None = None) -> CredentialConfig:
     kind, _, reference = text.partition(":")
+    secretless = secretless_kind(text, env)
+    if secretless is not None:
+        # managedIdentity: the identity's own tenant only; federated: the entry's app, trusting the identity.
+        return secretless_credential_from_env(env, secretless, client_id, cloud)
     if kind == "shared":
         path = get_str(env, "O365_CLIENT_CERTIFICATE_PATH")
         if path:
             return CertificateCredentialConfig(client_id, path)
+        if get_str(env, "O365_CERTIFICATE_NAME"):
+            return keyvault_certificate_from_env(env, client_id)
         secret = get_secret(env, "O365_CLIENT_SECRET")
         if secret is None:
             raise ConfigError(
@@ -225,10 +254,12 @@ def _credential(text: str, client_id: str, env: Environ, where: str) -> Credenti
     if kind == "certificate" and reference:
         folder = certificate_dir_from_env(env)
         return CertificateCredentialConfig(client_id, _certificate_path(reference, folder, where), folder=folder)
+    if kind == "keyvault" and reference:
+        return keyvault_certificate_from_env(env, client_id, reference, setting=f"{where}.credential")
     raise ConfigError(
         f"{where}.credential",
         f"{printable(text[:200])!r} is not one of 'shared', 'setting:{SECRET_SETTING_FORM}', "
-        "'certificate:<file.pem>'",
+        "'certificate:<file.pem>', 'keyvault:<certificate-name>', 'managedIdentity', 'federated'",
     )
 
 

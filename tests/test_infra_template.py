@@ -500,7 +500,9 @@ def test_queues_and_tables_are_created_with_the_names_the_settings_give() -> Non
     queues = {r["name"] for r in resources("Microsoft.Storage/storageAccounts/queueServices/queues")}
     tables = {r["name"] for r in resources("Microsoft.Storage/storageAccounts/tableServices/tables")}
     child = "[format('{{0}}/default/{{1}}', variables('storageName'), variables('{}'))]"
-    assert queues == {child.format("contentQueue"), child.format("poisonQueue")}
+    assert queues == {child.format(q) for q in ("contentQueue", "poisonQueue", "listQueue", "listPoisonQueue")}
+    assert variable("listQueue") == sample["O365_LIST_QUEUE"]
+    assert settings["O365_LIST_QUEUE"] == "[variables('listQueue')]"
     assert tables == {child.format("checkpointTable"), child.format("ledgerTable"), child.format("statusTable")}
 
 

@@ -191,7 +191,13 @@ def test_function_app_imports_from_the_zip_in_a_clean_environment(
         assert Path(loaded["azure_functions"]).is_relative_to(app / SITE_PACKAGES)
 
     functions = loaded["functions"]
-    assert {"list_content", "fetch_content"} <= set(functions) <= {"list_content", "fetch_content", "health"}
+    assert {"list_content", "fetch_content"} <= set(functions) <= {
+        "list_content",
+        "list_tenant",
+        "fetch_content",
+        "health",
+        "webhook",
+    }
     (timer,) = functions["list_content"]
     assert timer["type"] == "timerTrigger"
     assert timer["schedule"] == "%O365_LIST_SCHEDULE%"

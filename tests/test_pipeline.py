@@ -7,6 +7,7 @@ collector catches: like a killed process, no cleanup code runs and the queue mes
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections import Counter
@@ -298,6 +299,11 @@ def test_fan_out_counts_a_blob_done_only_when_every_sink_accepted_it(
     receiver.fail_next(2, status=503)  # more than the sink's in-process attempts: the first delivery fails
     collector = http_collector(
         make_collector, receiver, SINK_TYPE="file,http", SINK_HTTP_MAX_ATTEMPTS="2", O365_CONTENT_TYPES="Audit.Exchange"
+    )
+    # One delivery at a time: both scripted failures then fall on the same blob's two attempts.
+    collector.settings = dataclasses.replace(
+        collector.settings,
+        queue_runner=dataclasses.replace(collector.settings.queue_runner, batch_size=1, new_batch_threshold=0),
     )
     assert run_once(collector) == 0
     assert shipped(receiver) == served(simulator)

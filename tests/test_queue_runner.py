@@ -15,9 +15,11 @@ import base64
 import datetime as dt
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 import pytest
@@ -239,18 +241,21 @@ def test_a_duplicate_message_arriving_while_the_blob_ships_is_skipped_because_th
         (message,) = first.queue.peek_messages()
         # The copy shows up once the claim, had it not been renewed, would have run out.
         first.queue.send_message(message.content, visibility_timeout=int(LEASE.total_seconds()) + 1)
-        a = pool.submit(worker(first).drain)
-        assert slow.arrived.wait(30), "worker A started shipping"
 
         def handled(result: DrainResult) -> None:
-            slow.release()  # worker A's answer waits until B has dealt with the copy
+            if result.count(Outcome.SKIPPED_BUSY):
+                slow.release()  # worker A's answer waits until the copy has been dealt with
 
+        # Either worker may receive the copy: A handles several messages at once, so it polls on.
+        a = pool.submit(worker(first).drain, on_progress=handled)
+        assert slow.arrived.wait(30), "worker A started shipping"
         b = pool.submit(worker(second).drain, on_progress=handled)
         drained_a, drained_b = a.result(timeout=120), b.result(timeout=120)
 
     assert Counter(r["Id"] for r in slow.records) == served(simulator), "the blob arrived once"
     assert drained_a.count(Outcome.SHIPPED) == 1
-    assert drained_b.outcomes == {Outcome.SKIPPED_BUSY.value: 1}
+    assert drained_a.count(Outcome.SKIPPED_BUSY) + drained_b.count(Outcome.SKIPPED_BUSY) == 1
+    assert drained_b.count(Outcome.SHIPPED) == 0
 
 
 # -- lease settings ----------------------------------------------------------------------------------------
@@ -288,3 +293,194 @@ def test_a_one_second_claim_lease_is_refused_at_start_up(
     error = capsys.readouterr().err
     assert "O365_CLAIM_LEASE_SECONDS" in error
     assert "60" in error
+
+
+# -- several deliveries at once (host.json batchSize / newBatchThreshold) ------------------------------------
+
+# Small numbers, so that a test can see every message in flight; the settings' defaults are host.json's 16/8.
+CONCURRENT = QueueRunnerConfig(
+    visibility_timeout=dt.timedelta(0), max_dequeue_count=3, batch_size=4, new_batch_threshold=2
+)
+WAIT = 20.0  # the bound on every wait below: a runner that handles one message at a time never gets there
+
+
+class InFlight:
+    """Counts the handlers running at once; ``reached(n)`` waits (bounded) until n ran together."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.calls: list[tuple[str, int]] = []
+        self._changed = threading.Condition()
+
+    def enter(self, body: str, dequeue_count: int) -> None:
+        with self._changed:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.calls.append((body, dequeue_count))
+            self._changed.notify_all()
+
+    def leave(self) -> None:
+        with self._changed:
+            self.now -= 1
+            self._changed.notify_all()
+
+    def reached(self, n: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.most >= n, timeout=WAIT)
+
+
+def shipped(records: int = 1) -> FetchResult:
+    return FetchResult(Outcome.SHIPPED, records=records)
+
+
+def bare_runner(collector: Collector, handler: Callable[[str, str, int], FetchResult]) -> QueueRunner:
+    return QueueRunner(collector.queue, collector.poison_queue, handler, CONCURRENT, processing_lease=LEASE)
+
+
+def test_a_batch_is_handled_at_once_up_to_batch_size(make_collector: CollectorFactory) -> None:
+    """Each handler waits until three run together (newBatchThreshold + 1: the most the runner always
+    reaches, as it receives more whenever 2 or fewer are in flight); one at a time, none would ever return."""
+    collector = make_collector()
+    for n in range(9):
+        collector.queue.send_message(f"m{n}")
+    flight = InFlight()
+    together = threading.Barrier(3, timeout=WAIT)
+
+    def handle(body: str, _id: str, count: int) -> FetchResult:
+        flight.enter(body, count)
+        try:
+            together.wait()  # raises (the delivery fails) unless 3 handlers run at once
+            return shipped()
+        finally:
+            flight.leave()
+
+    drained = bare_runner(collector, handle).drain()
+
+    assert (drained.count(Outcome.SHIPPED), drained.failures, drained.completed) == (9, 0, 9)
+    assert flight.most <= CONCURRENT.batch_size, "never more in flight than batchSize"
+    assert sorted(body for body, _ in flight.calls) == [f"m{n}" for n in range(9)], "each delivered once"
+    assert collector.queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_slow_message_stays_invisible_while_its_neighbours_complete(
+    make_collector: CollectorFactory, azurite: Azurite
+) -> None:
+    """The slow one outlives its lease several times over; its neighbours finish and are deleted meanwhile,
+    and another receiver polling the queue never gets the slow one. Progress comes on the caller's thread."""
+    collector = make_collector()
+    for n in range(4):
+        collector.queue.send_message("slow" if n == 0 else f"quick{n}")
+    others_done = threading.Event()
+    progress_threads: set[threading.Thread] = set()
+    renewals: list[str] = []
+    spy = raw_client(azurite, collector.settings.content_queue)
+    update = collector.queue.update_message
+
+    def counting_update(message: object, *args: object, **kwargs: object) -> object:
+        if kwargs.get("visibility_timeout") == int(LEASE.total_seconds()):
+            renewals.append(str(getattr(message, "id", message)))
+        return update(message, *args, **kwargs)  # type: ignore[arg-type]
+
+    collector.queue.update_message = counting_update  # type: ignore[method-assign]
+
+    def handle(body: str, message_id: str, _count: int) -> FetchResult:
+        if body != "slow":
+            return shipped()
+        assert others_done.wait(WAIT), "the quick messages completed while the slow one was still running"
+        deadline = time.monotonic() + 30
+        while renewals.count(message_id) < 3 and time.monotonic() < deadline:
+            # Another worker polls meanwhile: the slow message must never be handed out.
+            stolen = list(spy.receive_messages(max_messages=32, visibility_timeout=1))
+            assert stolen == [], f"a held message was delivered to another receiver: {stolen}"
+            others_done.wait(0.2)  # a poll interval for the spy, not a synchronisation
+        assert renewals.count(message_id) >= 3, "the slow message's lease was renewed every half lease"
+        return shipped()
+
+    def on_progress(result: DrainResult) -> None:
+        progress_threads.add(threading.current_thread())
+        if result.completed >= 3:
+            others_done.set()
+
+    drained = bare_runner(collector, handle).drain(on_progress=on_progress)
+
+    assert (drained.count(Outcome.SHIPPED), drained.failures) == (4, 0)
+    assert progress_threads == {threading.current_thread()}, "progress is reported on the calling thread"
+    assert collector.queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_failing_message_is_retried_then_poisoned_while_its_neighbours_wait_in_flight(
+    make_collector: CollectorFactory, azurite: Azurite
+) -> None:
+    """Two neighbours stay in flight until the bad message has failed maxDequeueCount (3) times: it is
+    put back and received again while they run, then poisoned; they ship, each once."""
+    collector = make_collector()
+    for body in ("good1", "bad", "good2"):
+        collector.queue.send_message(body)
+    last_attempt = threading.Event()
+    flight = InFlight()
+
+    def handle(body: str, _id: str, count: int) -> FetchResult:
+        flight.enter(body, count)
+        try:
+            if body == "bad":
+                if count >= CONCURRENT.max_dequeue_count:
+                    last_attempt.set()
+                raise RuntimeError(f"attempt {count} failed")
+            if not last_attempt.wait(WAIT):
+                raise RuntimeError("the bad message was not retried while its neighbours ran")
+            return shipped()
+        finally:
+            flight.leave()
+
+    drained = bare_runner(collector, handle).drain()
+
+    assert (drained.count(Outcome.SHIPPED), drained.failures, drained.poisoned) == (2, 3, 1)
+    assert sorted(c for b, c in flight.calls if b == "bad") == [1, 2, 3], "redelivered until maxDequeueCount"
+    assert sorted(b for b, _ in flight.calls if b != "bad") == ["good1", "good2"], "the neighbours ran once"
+    poison = raw_client(azurite, collector.settings.poison_queue).peek_messages(max_messages=32)
+    assert [decode_message(m.content) for m in poison] == ["bad"]
+    assert collector.queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_stop_mid_batch_lets_those_in_flight_finish_and_leaves_the_rest_visible(
+    make_collector: CollectorFactory, azurite: Azurite
+) -> None:
+    """Stop is asked once three handlers run together: those in flight (batchSize, 4, at most) finish and
+    are deleted, no other is begun, and every other message is on the queue, visible at once (not waiting
+    out a lease)."""
+    collector = make_collector()
+    bodies = [f"m{n}" for n in range(10)]
+    for body in bodies:
+        collector.queue.send_message(body)
+    flight = InFlight()
+    stop = threading.Event()
+
+    def handle(body: str, _id: str, count: int) -> FetchResult:
+        flight.enter(body, count)
+        try:
+            if flight.reached(3):
+                stop.set()
+            else:
+                raise RuntimeError("the batch never ran at the same time")
+            return shipped()
+        finally:
+            flight.leave()
+
+    drained = bare_runner(collector, handle).drain(should_stop=stop.is_set)
+
+    assert drained.stopped
+    handled = [b for b, _ in flight.calls]
+    assert (drained.completed, drained.failures) == (len(handled), 0), "those in flight finished"
+    assert 3 <= len(handled) <= CONCURRENT.batch_size, "no message was begun after the stop"
+    left = list(raw_client(azurite, collector.settings.content_queue).receive_messages(max_messages=32))
+    assert sorted(handled + [decode_message(m.content) for m in left]) == sorted(bodies), "nothing lost"
+    assert not set(handled) & {decode_message(m.content) for m in left}, "what finished was deleted"
+
+
+def test_the_runner_takes_batch_size_and_new_batch_threshold_from_host_json() -> None:
+    host = orjson.loads((Path(__file__).resolve().parents[1] / "host.json").read_bytes())
+    queues = host["extensions"]["queues"]
+    defaults = QueueRunnerConfig()
+    assert defaults.new_batch_threshold is None, "derived from the batch size, as the host does"
+    assert (defaults.batch_size, defaults.batch_size // 2) == (queues["batchSize"], queues["newBatchThreshold"])

@@ -600,3 +600,51 @@ def test_cli_builds_a_demo_tenant_and_prints_its_environment() -> None:
             "O365_CLIENT_ID": spec.client_id,
             "O365_CLIENT_SECRET": spec.client_secret,
         }
+
+
+def test_quota_answers_af429_beyond_the_per_minute_limit_per_publisher_and_counts_every_minute(
+    sim: Simulator, api: Api, clock: Clock
+) -> None:
+    """[REF] §2: the quota is per PublisherIdentifier per minute; beyond it, 403 AF429 (refused calls count too)."""
+    sim.options.quota_per_minute = 3
+    span = window(NOW - dt.timedelta(hours=1), NOW)
+    clock.now = NOW.replace(second=10)
+    assert [api.content(**span).status_code for _ in range(4)] == [200, 200, 200, 403]
+    refused = api.content(**span)
+    assert refused.json() == {
+        "error": {"code": "AF429", "message": f"Too many requests. Method=ListBlobs, PublisherId={PUBLISHER}"}
+    }
+    # Another publisher has its own quota; calls without one share the zero-GUID pool.
+    other = "5d4c3b2a-1908-4e7f-a6b5-c4d3e2f1a0b9"
+    mine = {"PublisherIdentifier": other, "contentType": "Audit.Exchange", **span}
+    assert api.http.get(f"{api.root}/subscriptions/content", params=mine).status_code == 200
+    bare = api.http.get(f"{api.root}/subscriptions/content", params={"contentType": "Audit.Exchange", **span})
+    assert bare.status_code == 200
+    # The next minute of the simulator clock starts afresh.
+    clock.now = NOW.replace(minute=1, second=0)
+    assert api.content(**span).status_code == 200
+    minutes = sim.stats.quota.per_minute(PUBLISHER)
+    assert minutes == {(PUBLISHER, NOW.replace(second=0)): 5, (PUBLISHER, NOW.replace(minute=1, second=0)): 1}
+    assert sim.stats.quota.max_per_minute(PUBLISHER) == 5
+    assert sim.stats.quota.per_minute("00000000-0000-0000-0000-000000000000") == {
+        ("00000000-0000-0000-0000-000000000000", NOW.replace(second=0)): 1
+    }
+    assert sim.stats.quota.max_per_minute(other) == 1
+    assert sim.stats.faults["quota"] == 2
+
+
+def test_quota_is_off_by_default_but_counts_are_kept(sim: Simulator, api: Api) -> None:
+    span = window(NOW - dt.timedelta(hours=1), NOW)
+    assert all(api.content(**span).status_code == 200 for _ in range(30))
+    assert sim.stats.quota.max_per_minute() == 30
+    assert sim.stats.responses[403] == 0
+
+
+def test_simulate_command_enforces_the_real_2000_per_minute_quota_by_default() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).quota_per_minute == 2000
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--quota-per-minute", "-1"])
+    sim, _ = build(parser.parse_args(["--quota-per-minute", "0", "--days", "0.01", "--no-azurite"]), NOW)
+    assert sim.options.quota_per_minute == 0

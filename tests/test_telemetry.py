@@ -125,7 +125,9 @@ def test_retries_that_recover_log_one_warning_per_pass_and_the_rest_at_debug(
 ) -> None:
     generate(simulator, "Audit.Exchange")
     simulator.faults.add(Fault(kind="throttle", route="list", count=3))  # the client's retries absorb these
-    simulator.faults.add(Fault(kind="server_error", route="fetch", count=5))  # one blob needs a redelivery
+    # Every attempt of every blob's first delivery fails (4 blobs x 4 attempts), whichever order the queue
+    # runner's threads take them in: each blob needs a redelivery, and none fails 5 deliveries.
+    simulator.faults.add(Fault(kind="server_error", route="fetch", count=16))
     collector = make_collector(O365_CONTENT_TYPES="Audit.Exchange", O365_RETRY_MAX_ATTEMPTS="4")
     with caplog.at_level(logging.DEBUG, logger="o365collector"):
         assert run_once(collector) == 0

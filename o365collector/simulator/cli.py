@@ -23,6 +23,7 @@ from ..azurite import Azurite, find_azurite, start_azurite
 from .core import Simulator
 from .data import CONTENT_TYPES
 from .faults import Fault
+from .identity import AUTH_MODES, secretless_environment
 from .options import SimulatorConfig
 from .store import TenantSpec
 
@@ -85,6 +86,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _quota(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is not a quota between 0 (off) and 1000000 calls per minute")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -105,8 +113,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant-id", default=DEMO_TENANT_ID)
     parser.add_argument("--client-id", default=DEMO_CLIENT_ID)
     parser.add_argument("--client-secret", default=DEMO_CLIENT_SECRET)
+    parser.add_argument(
+        "--auth-mode",
+        choices=AUTH_MODES,
+        default="clientSecret",
+        help="how the printed settings sign in: managedIdentity and federated serve the App Service identity "
+        "endpoint (IDENTITY_ENDPOINT/IDENTITY_HEADER) and need no secret",
+    )
     parser.add_argument("--throttle-rate", type=_rate, default=0.0, help="share of API calls answered 403 AF429")
     parser.add_argument("--error-rate", type=_rate, default=0.0, help="share of API calls answered 500 AF50000")
+    parser.add_argument(
+        "--quota-per-minute",
+        type=_quota,
+        default=2000,
+        help="API calls per PublisherIdentifier per minute before 403 AF429 (default 2000, the real baseline; 0 = off)",
+    )
     parser.add_argument("--cert-dir", type=Path, default=None, help="where to write ca.pem (default: a temp folder)")
     parser.add_argument(
         "--no-azurite", action="store_true", help="do not start Azurite (storage settings are then yours to set)"
@@ -138,6 +159,7 @@ def build(args: argparse.Namespace, now: dt.datetime) -> tuple[Simulator, Tenant
             records_per_blob=(1, max(1, args.records_per_blob)),
             listing_delay=dt.timedelta(minutes=args.listing_delay_minutes),
         )
+    sim.options.quota_per_minute = args.quota_per_minute
     for route in ("list", "fetch", "subscriptions"):
         if args.throttle_rate:
             sim.faults.add(Fault(kind="throttle", route=route, rate=args.throttle_rate))
@@ -158,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     sim.start()
     try:
         env = demo_environment(sim, spec)
+        if args.auth_mode != "clientSecret":
+            env |= secretless_environment(sim.identity, spec.tenant_id, args.auth_mode)
         if azurite is not None:
             env |= storage_environment(azurite, args.output.resolve())
         print_environment(env)

@@ -11,18 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import feed, tokens
-from .certs import write_certificates
+from . import feed, keyvault, tokens
+from .assertions import CertificateAssertions
+from .certs import CertFiles, write_certificates
 from .data import Record, SimBlob
 from .faults import Fault, FaultInjector, fault_response
 from .feed import ActivityFeed
+from .identity import IdentityService
 from .options import SimulatorConfig, SimulatorOptions
+from .push import Pusher, PushReport
+from .quota import quota_exceeded
 from .server import LOOPBACK, HttpsServer
 from .stats import RequestLog, SimulatorStats
 from .store import Store, TenantSpec
@@ -50,11 +55,23 @@ class Simulator:
         self.faults = FaultInjector(self.config.seed)
         self._store = Store(self.config.seed, self.now, self._our_api_url)
         self._tokens = TokenService(self._store, self.now, self.config.token_lifetime)
+        # Certificate sign-in (assertions.py) and the Key Vault holding the certificates (keyvault.py).
+        self.certificates = self._tokens.certificates = CertificateAssertions(self.now, self._our_api_url)
+        self.key_vault = keyvault.KeyVaultService(self.now, self._our_api_url)
+        # The managed identity endpoint and multi-tenant apps' federated credentials (identity.py).
+        self.identity = IdentityService(self._tokens, self.now, self.config.token_lifetime)
+        self._tokens.federated = self.identity.check_federated
         self._feed = ActivityFeed(self._store, self._tokens, self.config, self.options, self.now, self._our_api_url)
         self._server: HttpsServer | None = None
         self._port: int | None = None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._ca_file: Path | None = None
+        self.pusher = Pusher(self._store, self.now, self.options.push, lambda: self.ca_file, self.config.seed)
+        self._feed.pusher = self.pusher
+        self._push_stop = threading.Event()
+        self._push_thread: threading.Thread | None = None
+        # The server's certificate and key: a webhook listener may serve with them (the pusher trusts their CA).
+        self.cert_files: CertFiles | None = None
 
     # -- clock ----------------------------------------------------------------------------------
 
@@ -175,11 +192,34 @@ class Simulator:
             raise
         self._port = self._server.port
         self._ca_file = files.ca_file
+        self.cert_files = files
         self._server.start()
         logger.info("simulator listening on %s", self.api_url)
+        if self.config.push_interval_seconds:
+            self._push_stop.clear()
+            self._push_thread = threading.Thread(target=self._push_loop, name="simulator-push", daemon=True)
+            self._push_thread.start()
         return self
 
+    # -- webhook push ---------------------------------------------------------------------------
+
+    def deliver_notifications(self) -> PushReport:
+        """POST every due webhook notification now, synchronously (push.py); tests call it by hand."""
+        return self.pusher.deliver()
+
+    def _push_loop(self) -> None:
+        while not self._push_stop.wait(self.config.push_interval_seconds):
+            try:
+                self.pusher.deliver()
+            except Exception:  # the background pusher must outlive one bad delivery
+                logger.exception("webhook delivery failed")
+
     def stop(self) -> None:
+        if self._push_thread is not None:
+            self._push_stop.set()
+            self._push_thread.join()
+            self._push_thread = None
+        self.identity.stop()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -208,6 +248,11 @@ class Simulator:
         return self._our_api_url()
 
     @property
+    def key_vault_url(self) -> str:
+        """The Key Vault stand-in's URI (the collector's O365_CERTIFICATE_KEY_VAULT_URI): the same server."""
+        return self._our_api_url() + "/"
+
+    @property
     def ca_file(self) -> str:
         """PEM file of the CA that signed the server certificate (REQUESTS_CA_BUNDLE)."""
         if self._ca_file is None:
@@ -225,10 +270,13 @@ class Simulator:
         arrived = time.monotonic()
         feed_route = feed.match(request.segments)
         token_route = None if feed_route else tokens.match(request.segments)
+        vault_route = None if feed_route or token_route else keyvault.match(request.segments)
         if feed_route is not None:
             route, tenant = feed_route.stats_route, feed_route.tenant
         elif token_route is not None:
             route, tenant = token_route
+        elif vault_route is not None:
+            route, tenant = "keyvault", None
         else:
             route, tenant = "unknown", None
         publisher = request.query.get("publisheridentifier")
@@ -237,7 +285,14 @@ class Simulator:
             entry = RequestLog(route, request.method, request.path, tenant, publisher, status, arrived)
             self.stats.record(entry, fault=fault, fetched=fetched)
 
+        # Every feed request counts against its publisher's quota, refused ones too ([REF] §2).
+        used = self.stats.quota.count(publisher, self.now(), self.options.quota_window) if feed_route else 0
         fault = self.faults.pick(route, tenant)
+        if fault is None and 0 < self.options.quota_per_minute < used:
+            throttled = quota_exceeded(route, publisher)
+            throttled.headers.extend(FEED_HEADERS)
+            log(throttled.status, "quota")
+            return throttled
         if fault is not None:
             if fault.delay_seconds:
                 time.sleep(fault.delay_seconds)
@@ -259,6 +314,8 @@ class Simulator:
             response.headers.extend(FEED_HEADERS)
         elif token_route is not None:
             response = self._answer_token(request, route, tenant)
+        elif vault_route is not None:
+            response = self.key_vault.handle(request, *vault_route)
         else:
             response = not_found(request.path)
         log(response.status, fault.kind if fault is not None else None, fetched)

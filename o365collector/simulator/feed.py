@@ -19,6 +19,7 @@ import orjson
 
 from .data import CONTENT_TYPES, SimBlob, is_well_formed_content_id
 from .options import SimulatorConfig, SimulatorOptions
+from .push import Pusher
 from .store import Store, is_guid
 from .times import Clock, format_content_time, format_query_time, parse_query_time
 from .tokens import IssuedToken, TokenService
@@ -99,6 +100,8 @@ class ActivityFeed:
         self._options = options
         self._clock = clock
         self._api_url = api_url
+        # Set by the Simulator: validates webhooks on /start and learns who registered them (push.py).
+        self.pusher: Pusher | None = None
         # (area, operation) -> (verb, handler); the content GET (area "audit") is handled apart.
         self._handlers: dict[tuple[str, str], tuple[str, Callable[[Request, FeedRoute], Response]]] = {
             ("subscriptions", "start"): ("POST", self._start),
@@ -181,8 +184,13 @@ class ActivityFeed:
                     reason = "The address must begin with HTTPS."
                     message = f"The webhook endpoint {address}) could not be validated. {reason}"
                     return json_response(400, {"error": {"code": "AF20021", "message": message}})
-                # The real service POSTs a validation code to the address first; the simulator never
-                # sends traffic anywhere, so the webhook is recorded as validated.
+                # [REF] §6: the service POSTs a validation code first; anything but 200 leaves the
+                # subscription as it was. The pusher only ever posts to loopback addresses.
+                auth_id = hook.get("authId") if isinstance(hook.get("authId"), str) else None
+                if self.pusher is not None and not self.pusher.validate(address, auth_id or None):
+                    reason = "The endpoint did not return HTTP 200."
+                    message = f"The webhook endpoint {address}) could not be validated. {reason}"
+                    return json_response(400, {"error": {"code": "AF20021", "message": message}})
                 expiration = hook.get("expiration") or None
                 webhook = {
                     "status": "enabled",
@@ -196,6 +204,11 @@ class ActivityFeed:
             return af_error("AF20024", status=400)
         sub = self._store.subscription(route.tenant, content_type)
         assert sub is not None
+        caller = self._tokens.validate(request.header("authorization"))
+        if webhook is not None and self.pusher is not None and caller is not None:
+            # clientId in notifications: the app that created the subscription ([REF] §6).
+            auth = str(webhook["authId"] or "") or None
+            self.pusher.registered(route.tenant, content_type, webhook["address"], auth, caller.client_id)
         return json_response(200, sub.as_json())
 
     def _stop(self, request: Request, route: FeedRoute) -> Response:

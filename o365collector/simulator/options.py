@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .push import PushOptions
 from .times import Clock
 
 
@@ -26,12 +27,17 @@ class SimulatorConfig:
     token_lifetime: dt.timedelta = dt.timedelta(seconds=3599)
     # Where to write the CA and server certificate; None means a temporary folder removed on stop.
     cert_dir: Path | None = None
+    # Real seconds between background webhook deliveries (``Simulator.deliver_notifications``); 0: only
+    # when called (tests drive it by hand, the demo and the bench let it run).
+    push_interval_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
             raise ValueError("page_size must be >= 1")
         if self.latency_seconds < 0:
             raise ValueError("latency_seconds must be >= 0")
+        if self.push_interval_seconds < 0:
+            raise ValueError("push_interval_seconds must be >= 0")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
 
@@ -58,3 +64,11 @@ class SimulatorOptions:
     # service's use of compression is undocumented; this lets a test serve a small body that expands
     # to far more (a gzip bomb) and check that compressed blobs still ship.
     gzip_content: bool = False
+    # Feed requests allowed per PublisherIdentifier per quota window; beyond it, 403 AF429 ([REF] §2:
+    # a 2,000/min baseline). 0 = off, so tests that make many calls within a frozen clock minute are
+    # unaffected; `simulate --quota-per-minute` defaults to the real 2,000. Counts are kept either way.
+    quota_per_minute: int = 0
+    # The quota window: a minute of the simulator clock. Tests shorten it so that minutes pass quickly.
+    quota_window: dt.timedelta = dt.timedelta(minutes=1)
+    # Webhook push behaviour: batch size, duplicates, shuffling, backoff, disabling (push.py).
+    push: PushOptions = field(default_factory=PushOptions)

@@ -6,6 +6,8 @@ import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from .quota import QuotaCounts
+
 
 @dataclass(frozen=True, slots=True)
 class RequestLog:
@@ -33,6 +35,9 @@ class SimulatorStats:
     fetches: Counter[str] = field(default_factory=Counter)
     publisher_ids: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     tokens_issued: int = 0
+    # Feed requests per PublisherIdentifier per quota window (``quota.max_per_minute()``), counted
+    # whether or not the simulator enforces a quota.
+    quota: QuotaCounts = field(default_factory=QuotaCounts, repr=False)
     recent: deque[RequestLog] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -87,3 +92,4 @@ class SimulatorStats:
             self.publisher_ids.clear()
             self.tokens_issued = 0
             self.recent.clear()
+        self.quota.clear()

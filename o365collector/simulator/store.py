@@ -159,6 +159,13 @@ class Store:
             subs = self._require(tenant_id).subscriptions
             return [subs[ct].as_json() for ct in CONTENT_TYPES if ct in subs]
 
+    def set_webhook_status(self, tenant_id: str, content_type: str, status: str) -> None:
+        """Mark a subscription's webhook ``enabled``/``disabled``/``expired`` (the push side's verdict)."""
+        with self._lock:
+            sub = self._require(tenant_id).subscriptions.get(content_type)
+            if sub is not None and sub.webhook is not None:
+                sub.webhook = {**sub.webhook, "status": status}
+
     # -- blobs ----------------------------------------------------------------------------------
 
     def _next_seq(self) -> int:

@@ -16,12 +16,14 @@ import hmac
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
+from .assertions import CertificateAssertions, is_certificate_assertion
 from .store import Store, is_guid
 from .times import Clock
 from .wire import Response, json_response
@@ -43,6 +45,19 @@ class IssuedToken:
     expires_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AssertionGrant:
+    """What a verified federated client assertion grants: the app in the tenant, with its consented roles."""
+
+    tenant_id: str
+    client_id: str
+    roles: tuple[str, ...]
+
+
+# Checks a federated client assertion (tenant, client_id, assertion): the grant or Entra's refusal.
+FederatedCheck = Callable[[str, str, str], "AssertionGrant | Response"]
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -55,6 +70,10 @@ class TokenService:
         self._key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._tokens: dict[str, IssuedToken] = {}
+        # The apps' registered certificates (set by the Simulator, which knows the endpoint's URL).
+        self.certificates: CertificateAssertions | None = None
+        # Federated identity credentials of multi-tenant apps (simulator/identity.py, set by the Simulator).
+        self.federated: FederatedCheck | None = None
         # Tests flip this to model a token endpoint (a proxy, a misconfigured STS) that refuses every request
         # and quotes it back, client_secret included: the collector must never pass such text on.
         self.echo_requests = False
@@ -107,6 +126,9 @@ class TokenService:
             message = "The request body must contain the following parameter: 'client_id'."
             return self._error(400, "invalid_request", 900144, message), None
         spec = state.spec
+        if self.federated is not None and form.get("client_assertion") and not is_certificate_assertion(form):
+            # A multi-tenant app's federated assertion: the app is judged by its consent, not by spec.client_id.
+            return self._federated_token(tenant, client_id, form)
         if client_id.lower() != spec.client_id.lower():
             message = (
                 f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen "
@@ -114,17 +136,23 @@ class TokenService:
                 "user in the tenant. You may have sent your authentication request to the wrong tenant."
             )
             return self._error(400, "unauthorized_client", 700016, message), None
+        proven = False  # by a certificate assertion instead of a secret
+        if self.certificates is not None and is_certificate_assertion(form):
+            refusal = self.certificates.check(tenant, client_id, form)
+            if refusal is not None:
+                return self._error(refusal.status, refusal.error, refusal.code, refusal.message), None
+            proven = True
         secret = form.get("client_secret")
-        if not secret:
+        if not secret and not proven:
             message = "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."
             return self._error(401, "invalid_client", 7000216, message), None
-        if not hmac.compare_digest(secret.encode(), spec.client_secret.encode()):
+        if not proven and not hmac.compare_digest((secret or "").encode(), spec.client_secret.encode()):
             message = (
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
                 f"value, not the client secret ID, for a secret added to app '{spec.client_id}'."
             )
             return self._error(401, "invalid_client", 7000215, message), None
-        if spec.secret_expired:
+        if spec.secret_expired and not proven:
             message = (
                 f"The provided client secret keys for app '{spec.client_id}' are expired. Visit the Azure portal to "
                 "create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
@@ -157,6 +185,35 @@ class TokenService:
             "access_token": access_token,
         }
         return json_response(200, payload), issued
+
+    def _federated_token(
+        self, tenant: str, client_id: str, form: dict[str, str]
+    ) -> tuple[Response, IssuedToken | None]:
+        assert self.federated is not None
+        outcome = self.federated(tenant, client_id, form.get("client_assertion", ""))
+        if isinstance(outcome, Response):
+            return outcome, None
+        audience = self._audience(form.get("scope", ""))
+        if not audience:
+            message = f"The provided value for scope {form.get('scope', '')} is not valid for this API."
+            return self._error(400, "invalid_scope", 1002012, message), None
+        token, issued = self.issue(outcome.tenant_id, outcome.client_id, outcome.roles, audience)
+        seconds = int(self._lifetime.total_seconds())
+        payload = {"token_type": "Bearer", "expires_in": seconds, "ext_expires_in": seconds, "access_token": token}
+        return json_response(200, payload), issued
+
+    def issue(self, tenant_id: str, client_id: str, roles: tuple[str, ...], audience: str) -> tuple[str, IssuedToken]:
+        """A token the feed accepts (the managed identity endpoint issues API tokens through this too)."""
+        now = self._clock()
+        issued = IssuedToken(tenant_id, client_id, roles, audience, now, now + self._lifetime)
+        access_token = self._encode(issued)
+        with self._lock:
+            self._tokens[access_token] = issued
+        return access_token, issued
+
+    def error(self, status: int, error: str, code: int, message: str) -> Response:
+        """An Entra error answer (AADSTS code, trace and correlation ids)."""
+        return self._error(status, error, code, message)
 
     # -- used by the feed -----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -223,12 +224,16 @@ class EventHubSink:
     def __init__(self, settings: EventHubSinkSettings, *, producer: Producer | None = None) -> None:
         self._settings = settings
         self._producer: Producer = producer if producer is not None else build_producer(settings)
+        # The SDK does not make the producer or a batch thread-safe, and the queue runner sends from
+        # several threads: one blob's batches are made and sent under this lock, then the next blob's.
+        self._lock = threading.Lock()
         self._where = f"event hub {settings.eventhub_name!r} in {settings.namespace}"
 
     def check(self) -> None:
         """Read the hub's properties (a management call: no event is sent) and log one line."""
         try:
-            properties = self._producer.get_eventhub_properties()
+            with self._lock:
+                properties = self._producer.get_eventhub_properties()
         except (EventHubError, ValueError) as err:
             raise self._classify(err) from err
         partitions = properties.get("partition_ids") or []
@@ -244,9 +249,10 @@ class EventHubSink:
             "content_id": context.content_id,
         }
         try:
-            batches = self._batches(records, context)
-            for batch in batches:
-                self._producer.send_batch(batch)
+            with self._lock:
+                batches = self._batches(records, context)
+                for batch in batches:
+                    self._producer.send_batch(batch)
         except (EventHubError, ValueError) as err:  # an oversize record raised SinkPermanentError already
             raise self._classify(err) from err
         log.debug(
@@ -258,7 +264,8 @@ class EventHubSink:
         )
 
     def close(self) -> None:
-        self._producer.close()
+        with self._lock:
+            self._producer.close()
 
     def _batches(self, records: Sequence[Record], context: BlobContext) -> list[EventDataBatch]:
         """Every record in an ``EventDataBatch``, in order; raises before anything is sent if one cannot fit."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -207,6 +208,7 @@ class HttpSink:
         )
         self._endpoint = self._core.endpoint
         self._compressor: TiedThreadPool | None = None
+        self._compressor_lock = threading.Lock()  # sends run on several threads: one pool, never two
 
     def check(self) -> None:
         """Probe ``SINK_URL`` with HEAD (with the auth headers); it ships nothing.
@@ -267,9 +269,10 @@ class HttpSink:
         )
 
     def close(self) -> None:
-        if self._compressor is not None:
-            self._compressor.shutdown(wait=True, cancel_futures=True)
-            self._compressor = None
+        with self._compressor_lock:
+            compressor, self._compressor = self._compressor, None
+        if compressor is not None:
+            compressor.shutdown(wait=True, cancel_futures=True)
         self._core.close()
 
     def _ship(
@@ -321,10 +324,12 @@ class HttpSink:
         """Start gzipping ``batch``'s body on the worker threads (None when SINK_HTTP_GZIP is off)."""
         if not self._settings.gzip:
             return None
-        if self._compressor is None:
-            # Tied per task: the sink outlives invocations, and its threads serve one after another.
-            self._compressor = TiedThreadPool(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
-        return compression.compress(batch.body, GZIP_LEVEL, self._compressor)
+        with self._compressor_lock:
+            if self._compressor is None:
+                # Tied per task: the sink outlives invocations, and its threads serve one after another.
+                self._compressor = TiedThreadPool(COMPRESS_THREADS, thread_name_prefix="http-sink-gzip")
+            compressor = self._compressor
+        return compression.compress(batch.body, GZIP_LEVEL, compressor)
 
     def _base_headers(self) -> dict[str, str]:
         headers = dict(self._settings.headers)

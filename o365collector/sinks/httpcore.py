@@ -47,6 +47,9 @@ from ..retry import RetryPolicy, parse_retry_after, retrying
 T = TypeVar("T")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Connections kept per host: the queue runner ships up to host.json batchSize (16) blobs at once, one
+# request each, and requests' default of 10 would drop (and log) the connections beyond it.
+POOL_CONNECTIONS = 32
 USER_AGENT = f"o365collector/{__version__}"
 # A peer's words in a message: enough to diagnose (HEC's text, an Elasticsearch reason), too short to
 # carry a record or a page of HTML into logs and poison messages.
@@ -173,6 +176,15 @@ class Target:
     """How messages call the backend: 'is {backend} running ...?', 'trust {backend}'s CA'."""
 
 
+def pooled_session() -> requests.Session:
+    """A session that keeps a connection per concurrent send (one session serves every runner thread)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_CONNECTIONS)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 class HttpCore:
     """One session to one backend: requests with classified transport errors, status helpers, retries."""
 
@@ -188,7 +200,7 @@ class HttpCore:
         self.target = target
         self.endpoint = endpoint(target.url)
         self.policy = policy
-        self.session = session if session is not None else requests.Session()
+        self.session = session if session is not None else pooled_session()
         self.sleep = sleep
         self.clock = clock
 
