@@ -49,9 +49,8 @@ from o365collector.running import queue_runner, run_once
 from o365collector.runtime import Collector, quiet_sdk_loggers
 from o365collector.simulator import Simulator, SimulatorConfig
 from o365collector.simulator.cli import demo_environment
-from o365collector.simulator.server import HttpsServer
-from o365collector.simulator.wire import Request, Response
 from o365collector.telemetry import ShipTally
+from o365collector.webhook_server import WebhookServer
 
 TICK = dt.timedelta(minutes=5)  # O365_LIST_SCHEDULE's default, "0 */5 * * * *"
 BLOB_EVERY = dt.timedelta(minutes=4)
@@ -130,7 +129,7 @@ def measure(mode: str, storage: Azurite, hours: float, seed: int) -> Outcome:
     end = start + dt.timedelta(hours=hours)
     available_at = build_feed(sim, seed, start, end)
     sim.start()
-    listener: HttpsServer | None = None
+    listener: WebhookServer | None = None
     ticks = pushes = 0
     try:
         env = demo_environment(sim, TENANT) | {
@@ -149,20 +148,12 @@ def measure(mode: str, storage: Azurite, hours: float, seed: int) -> Outcome:
         collector.ensure_resources()
         try:
             if push:
-                webhook = collector.webhook_receiver()
-
-                def dispatch(request: Request) -> Response:
-                    answer = webhook.handle(request.headers, request.body)
-                    return Response(answer.status, answer.content())
-
+                # The listener `run --webhook-listen` serves, with the simulator's certificate (the pusher trusts it).
                 assert sim.cert_files is not None
-                listener = HttpsServer(
-                    dispatch,
-                    cert_file=sim.cert_files.cert_file,
-                    key_file=sim.cert_files.key_file,
-                    date_source=clock,
-                )
-                listener.start()
+                files = sim.cert_files
+                listener = WebhookServer(
+                    collector.webhook_receiver(), cert_file=str(files.cert_file), key_file=str(files.key_file)
+                ).start()
                 start_webhooks(sim, f"https://127.0.0.1:{listener.port}/api/webhook")
             # Each availability is an event in push mode: the service notifies as content appears.
             arrivals = sorted(set(available_at.values())) if push else []

@@ -18,7 +18,11 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import CertificateCredential, ClientSecretCredential
 
-from .config import (
+from .errors import ApiPermanentError, ApiTransientError, ConfigError
+from .identity import build_secretless_credential, secretless_hint
+from .keyvault_certificates import build_keyvault_credential
+from .redaction import redact, scrub_exception
+from .tenant_config import (
     MAX_CERTIFICATE_BYTES,
     CertificateCredentialConfig,
     FederatedCredentialConfig,
@@ -26,10 +30,6 @@ from .config import (
     ManagedIdentityCredentialConfig,
     TenantConfig,
 )
-from .errors import ApiPermanentError, ApiTransientError, ConfigError
-from .identity import build_secretless_credential, secretless_hint
-from .keyvault_certificates import build_keyvault_credential
-from .redaction import redact, scrub_exception
 
 # What the AADSTS codes azure-identity reports mean for the admin.
 AADSTS_HINTS: dict[str, str] = {

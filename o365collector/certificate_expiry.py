@@ -17,9 +17,10 @@ from typing import Protocol
 from cryptography import x509
 
 from .auth import build_credential, read_certificate
-from .config import CertificateCredentialConfig, HealthPolicy, KeyVaultCertificateConfig, TenantConfig
+from .config import HealthPolicy
 from .keyvault_certificates import KeyVaultCertificateCredential
 from .redaction import summary
+from .tenant_config import CertificateCredentialConfig, KeyVaultCertificateConfig, TenantConfig
 
 log = logging.getLogger(__name__)
 

@@ -302,9 +302,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--auth-mode",
-        choices=("clientSecret", "managedIdentity", "federated"),
+        choices=("clientSecret", "certificate", "managedIdentity", "federated"),
         default="clientSecret",
-        help="sign in with a client secret, or secretless through the simulated managed identity endpoint",
+        help="sign in with a client secret, a certificate kept in the simulated Key Vault, or secretless; the "
+        "last three through the simulated managed identity endpoint",
     )
     demo.set_defaults(func=cmd_demo)
     describe_commands(parser)

@@ -33,7 +33,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
@@ -42,9 +42,7 @@ from .errors import ApiTransientError, SinkTransientError
 from .models import BlobContext, FetchTask, Record, utc
 from .redaction import summary
 from .sinks.base import Sink
-
-if TYPE_CHECKING:
-    from .health import StatusReport
+from .status_report import StatusReport
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import secrets
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -23,11 +22,10 @@ from .models import CONTENT_TYPES
 from .running import queue_runner, run_once
 from .runtime import Collector
 from .simulator import Simulator, SimulatorConfig, TenantSpec
+from .simulator.auth_setup import auth_environment
 from .simulator.cli import demo_environment, print_environment, storage_environment, wait_for_signal
-from .simulator.identity import secretless_environment
-from .simulator.server import HttpsServer
-from .simulator.wire import Request, Response
 from .telemetry import ShipTally
+from .webhook_server import WebhookServer
 
 DEMO_TENANT = TenantSpec(
     tenant_id="5b7c3a1e-8d2f-4e6a-9c0b-1a2b3c4d5e6f",
@@ -49,31 +47,24 @@ def count_output(folder: Path) -> Counter[str]:
     return counts
 
 
-def serve_webhook(collector: Collector, sim: Simulator, clock: Callable[[], dt.datetime]) -> HttpsServer:
-    """The collector's webhook receiver on ``https://127.0.0.1:PORT/api/webhook``, with the simulator's
-    certificate (its pusher trusts that CA): what the ``webhook`` function does, without a Functions host."""
-    receiver = collector.webhook_receiver()
-
-    def dispatch(request: Request) -> Response:
-        answer = receiver.handle(request.headers, request.body)
-        return Response(answer.status, answer.content())
-
+def serve_webhook(collector: Collector, sim: Simulator) -> WebhookServer:
+    """The collector's webhook listener, as ``run --webhook-listen`` serves it on a VM, on
+    ``https://127.0.0.1:PORT/api/webhook`` with the simulator's certificate (its pusher trusts that CA)."""
     if sim.cert_files is None:
         raise RuntimeError("simulator not started: no certificate to serve the webhook with")
-    server = HttpsServer(
-        dispatch, cert_file=sim.cert_files.cert_file, key_file=sim.cert_files.key_file, date_source=clock
-    )
-    server.start()
-    return server
+    files = sim.cert_files
+    return WebhookServer(
+        collector.webhook_receiver(), cert_file=str(files.cert_file), key_file=str(files.key_file)
+    ).start()
 
 
 def push_phase(collector: Collector, sim: Simulator, *, blobs: int = 3, wait_seconds: float = 30.0) -> int:
     """Push mode, live: webhooks on every subscription, fresh blobs appear, the simulator's background pusher
     notifies the receiver, which queues them; the queue is shipped as the queue trigger would. Returns how
     many of the fresh blobs were pushed within ``wait_seconds``."""
-    listener = serve_webhook(collector, sim, sim.now)
+    listener = serve_webhook(collector, sim)
     try:
-        address = f"https://127.0.0.1:{listener.port}/api/webhook"
+        address = f"https://127.0.0.1:{listener.port}/api/webhook"  # the simulator's certificate names 127.0.0.1
         auth_id = collector.settings.push.auth_id
         assert auth_id is not None
         http = requests.Session()
@@ -146,10 +137,11 @@ def run_demo(
                 }
             )
             if auth_mode != "clientSecret":
-                env |= secretless_environment(sim.identity, DEMO_TENANT.tenant_id, auth_mode)
+                env |= auth_environment(sim, DEMO_TENANT.tenant_id, DEMO_TENANT.client_id, auth_mode)
                 # azure-identity reads the identity endpoint's variables from the process environment.
                 os.environ.update({k: env[k] for k in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")})
-                print(f"demo: {auth_mode}: signing in through the identity endpoint, no client secret")
+                how = "a Key Vault certificate read" if auth_mode == "certificate" else "signing in"
+                print(f"demo: {auth_mode}: {how} through the identity endpoint, no client secret")
             if push:
                 env["O365_WEBHOOK_AUTH_ID"] = secrets.token_hex(24)  # the demo's own, new each run
             # requests and azure-identity read the simulator's CA bundle from the environment.

@@ -52,7 +52,7 @@ from .arrivals import webhook_verdicts
 from .auth import AADSTS_HINTS, TokenProvider, read_certificate
 from .certificate_expiry import check_keyvault_certificate
 from .checkpoints import CheckpointStore
-from .config import CertificateCredentialConfig, CollectionPolicy, KeyVaultCertificateConfig, Settings, TenantConfig
+from .config import CollectionPolicy, Settings
 from .envparse import Environ, InvalidSettingsError, get_str
 from .errors import ApiTransientError, CollectorError
 from .identity import missing_role_hint, secretless_hint
@@ -61,6 +61,7 @@ from .management_api import ManagementApiClient
 from .models import TimeWindow
 from .redaction import redact, summary
 from .storage import StorageClients
+from .tenant_config import CertificateCredentialConfig, KeyVaultCertificateConfig, TenantConfig
 from .windows import plan_windows
 
 # Windows are planned from this machine's clock; the API refuses starts older than 7 days and

@@ -37,225 +37,72 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 import orjson
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
+from .arrivals import ArrivalStore
 from .certificate_expiry import report_certificate_expiry
-from .config import HealthPolicy
-from .deferral import report_deferrals
+from .checkpoints import CheckpointStore
+from .config import Settings
+from .deferral import DeferralStore, report_deferrals
 from .errors import MessageFormatError
 from .models import FetchTask
 from .push_status import push_lines, report_push
 from .redaction import describe, summary
 from .secret_expiry import expiry_verdict
-from .status import LostBlob, StreamStatus
+from .status import LostBlob, StatusStore, StreamStatus
+from .status_report import (
+    HEALTHY,
+    UNHEALTHY,
+    QueueCounts,
+    StatusReport,
+    StreamKey,
+    StreamReport,
+    iso_time,
+    short_id,
+    since_success,
+)
 from .storage import unreadable_reason
-
-if TYPE_CHECKING:
-    from .runtime import Collector
+from .tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
 
 PEEK_MAX = 32  # the queue service's limit for one peek
 SUBSCRIPTION_DISABLED = "AF20023"  # the API's code for a subscription an administrator disabled
-HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
-
-StreamKey = tuple[str, str]
 
 
-@dataclass
-class StreamReport:
-    tenant_id: str
-    content_type: str
-    checkpoint: dt.datetime | None = None
-    lag_seconds: float | None = None
-    status: StreamStatus | None = None
-    poisoned: int = 0
-    expired: int = 0
-    expired_recent: int = 0
-    problems: list[str] = field(default_factory=list)
-    late_sweep_at: dt.datetime | None = None
-    """When the last late sweep was planned (from the checkpoint)."""
-    tenant_name: str | None = None
-    degraded: list[str] = field(default_factory=list)
-    deferred: list[dict[str, Any]] = field(default_factory=list)
-    """Blobs waiting for a failing sink or the API, per cause (o365collector.deferral)."""
-    push: dict[str, Any] | None = None
-    """Push mode only: blobs by push/poll/both and the webhook's state (o365collector.push_status)."""
+class CollectorState(Protocol):
+    """What the report reads of a collector (``runtime.Collector`` is one): its stores and queues, never its API."""
 
     @property
-    def label(self) -> str:
-        """How the table names the tenant: its registry name with a short id, or the short id."""
-        short = short_id(self.tenant_id)
-        return f"{self.tenant_name} ({short})" if self.tenant_name else short
-
+    def settings(self) -> Settings: ...
     @property
-    def state(self) -> str:
-        return UNHEALTHY if self.problems else DEGRADED if self.degraded else HEALTHY
-
+    def clock(self) -> Callable[[], dt.datetime]: ...
     @property
-    def last_error(self) -> dict[str, Any] | None:
-        """The later of the last listing error and the last fetch error; ``resolved`` when a success followed it
-        (a listing error by a successful listing, a fetch error by a shipped blob)."""
-        s = self.status
-        if s is None:
-            return None
-        candidates = []
-        if s.last_error_at is not None:
-            resolved = not _since_success(s.last_error_at, s.last_success_at)
-            candidates.append((s.last_error_at, "listing", s.last_error_code, s.last_error, resolved))
-        if s.fetch_error_at is not None:
-            resolved = not _since_success(s.fetch_error_at, s.last_shipped_at)
-            candidates.append((s.fetch_error_at, "fetch", s.fetch_error_code, s.fetch_error, resolved))
-        if not candidates:
-            return None
-        at, source, code, message, resolved = max(candidates, key=lambda c: c[0])
-        return {"at": _iso(at), "source": source, "code": code, "message": message, "resolved": resolved}
-
-    def to_dict(self) -> dict[str, Any]:
-        s = self.status or StreamStatus(self.tenant_id, self.content_type)
-        span = None
-        if s.lost_span_from is not None:
-            span = {"from": _iso(s.lost_span_from), "to": _iso(s.lost_span_to), "at": _iso(s.lost_span_at)}
-        return {
-            "tenant_id": self.tenant_id,
-            "tenant_name": self.tenant_name,
-            "content_type": self.content_type,
-            "healthy": not self.problems,
-            "state": self.state,
-            "checkpoint": _iso(self.checkpoint),
-            "lag_seconds": self.lag_seconds,
-            "last_run_at": _iso(s.last_run_at),
-            "last_success_at": _iso(s.last_success_at),
-            "last_outcome": s.last_outcome,
-            "last_error": self.last_error,
-            "shipped": {
-                "records": s.shipped_records,
-                "blobs": s.shipped_blobs,
-                "last_at": _iso(s.last_shipped_at),
-            },
-            "last_run": {
-                "windows": s.windows,
-                "windows_left": s.windows_left,
-                "blobs_listed": s.blobs_listed,
-                "blobs_enqueued": s.blobs_enqueued,
-                "throttled": s.throttled,
-                "seconds": s.run_seconds,
-                "late_blobs": s.late_blobs,
-                "max_lateness_seconds": s.max_lateness_seconds,
-                "sweep_windows": s.sweep_windows,
-                "refused_entries": s.refused_entries,
-            },
-            "late_content": {
-                "last_sweep_at": _iso(self.late_sweep_at),
-                "last_found_at": _iso(s.last_late_at),
-                "blobs": s.last_late_blobs,
-                "max_lateness_seconds": s.last_late_max_seconds,
-            },
-            "refused_entries": (
-                {"at": _iso(s.last_refused_at), "count": s.last_refused_entries, "entries": list(s.last_refused)}
-                if s.last_refused_at is not None
-                else None
-            ),
-            "blobs_poisoned": self.poisoned,
-            "blobs_expired": self.expired,
-            "blobs_expired_recent": self.expired_recent,
-            "unlistable_span": span,
-            "problems": self.problems,
-            "degraded": self.degraded,
-            "deferred": self.deferred,
-            "push": self.push,
-        }
-
-
-@dataclass
-class QueueCounts:
-    content: int | None = None
-    content_oldest: dt.datetime | None = None
-    """When the content queue's first visible message was inserted (None: empty, or not read)."""
-    poison: int | None = None
-    poison_peeked: int = 0
-    poison_unreadable: int = 0
-
+    def checkpoints(self) -> CheckpointStore: ...
     @property
-    def poison_sampled(self) -> bool:
-        """True when the per-stream poison counts cover only the first messages of a longer queue."""
-        return self.poison is not None and self.poison > self.poison_peeked
-
-
-@dataclass
-class StatusReport:
-    checked_at: dt.datetime
-    policy: HealthPolicy
-    content_queue: str
-    poison_queue: str
-    streams: list[StreamReport] = field(default_factory=list)
-    queues: QueueCounts = field(default_factory=QueueCounts)
-    lost: list[LostBlob] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    degraded: list[str] = field(default_factory=list)
-    general_problems: list[str] = field(default_factory=list)
-    """The problems and warnings of the collector as a whole (queues, registry), not of one stream."""
-    general_degraded: list[str] = field(default_factory=list)
-    push: dict[str, Any] | None = None
-    """Push mode only: the webhook receiver's refused requests (o365collector.push_status)."""
-
+    def status(self) -> StatusStore: ...
     @property
-    def state(self) -> str:
-        return UNHEALTHY if self.problems else DEGRADED if self.degraded else HEALTHY
-
+    def deferrals(self) -> DeferralStore: ...
     @property
-    def healthy(self) -> bool:
-        return self.state == HEALTHY
-
-    def to_dict(self) -> dict[str, Any]:
-        oldest = self.queues.content_oldest
-        return {
-            "healthy": self.healthy,
-            "status": self.state,
-            "checked_at": _iso(self.checked_at),
-            "problems": self.problems,
-            "degraded": self.degraded,
-            "thresholds": {
-                "max_listing_age_minutes": self.policy.max_listing_age.total_seconds() / 60,
-                "max_throttled": self.policy.max_throttled,
-                "lost_data_hours": self.policy.lost_data_lookback.total_seconds() / 3600,
-                "max_poison": self.policy.max_poison,
-                "secret_expiry_days": self.policy.secret_expiry_warning.days,
-            },
-            "queues": {
-                "content": {
-                    "name": self.content_queue,
-                    "messages": self.queues.content,
-                    "oldest_inserted_at": _iso(oldest),
-                    "oldest_age_seconds": (
-                        round((self.checked_at - oldest).total_seconds(), 1) if oldest is not None else None
-                    ),
-                },
-                "poison": {
-                    "name": self.poison_queue,
-                    "messages": self.queues.poison,
-                    "peeked": self.queues.poison_peeked,
-                    "sampled": self.queues.poison_sampled,
-                    "unreadable": self.queues.poison_unreadable,
-                },
-            },
-            "streams": [s.to_dict() for s in self.streams],
-            "push": self.push,
-        }
-
-    def to_json(self, *, indent: bool = False) -> bytes:
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 if indent else 0)
+    def arrivals(self) -> ArrivalStore: ...
+    @property
+    def queue(self) -> QueueClient: ...
+    @property
+    def poison_queue(self) -> QueueClient: ...
+    @property
+    def registry_problems(self) -> Sequence[Exception]: ...
+    def tenants(self) -> tuple[TenantConfig, ...]: ...
 
 
 # -- building ---------------------------------------------------------------------------------------
 
 
-def build_report(collector: Collector, now: dt.datetime | None = None) -> StatusReport:
+def build_report(collector: CollectorState, now: dt.datetime | None = None) -> StatusReport:
     """Read the state of every configured stream and judge it against the health policy."""
     now = now or collector.clock()
     settings = collector.settings
@@ -393,7 +240,7 @@ def _degrade_stream(stream: StreamReport, now: dt.datetime) -> None:
     s = stream.status
     if s is None:
         return
-    listing_current = s.last_error_at is not None and _since_success(s.last_error_at, s.last_success_at)
+    listing_current = s.last_error_at is not None and since_success(s.last_error_at, s.last_success_at)
     if listing_current and SUBSCRIPTION_DISABLED in f"{s.last_error_code} {s.last_error}":
         stream.degraded.append(
             f"the subscription is disabled ({SUBSCRIPTION_DISABLED}, {_ago(s.last_error_at, now)}): nothing is "
@@ -405,7 +252,7 @@ def _degrade_stream(stream: StreamReport, now: dt.datetime) -> None:
         stream.degraded.append(
             f"the last listing run failed ({_ago(s.last_error_at, now)}): {_with_code(s.last_error_code, s.last_error)}"
         )
-    if s.fetch_error_at is not None and _since_success(s.fetch_error_at, s.last_shipped_at):
+    if s.fetch_error_at is not None and since_success(s.fetch_error_at, s.last_shipped_at):
         stream.degraded.append(
             f"fetching or shipping is failing: last error {_ago(s.fetch_error_at, now)} "
             f"({_with_code(s.fetch_error_code, s.fetch_error)}), last blob shipped {_ago(s.last_shipped_at, now)}"
@@ -423,7 +270,7 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
         why = ""
         if s.last_outcome == "starved":
             why = " (each run's time budget ran out before this stream's turn)"
-        elif (s.last_error_code or s.last_error) and _since_success(s.last_error_at, s.last_success_at):
+        elif (s.last_error_code or s.last_error) and since_success(s.last_error_at, s.last_success_at):
             why = f" (last error: {_with_code(s.last_error_code, s.last_error)})"
         stream.problems.append(f"no successful listing {since}{why}")
     if s is not None and s.throttled > policy.max_throttled:
@@ -440,7 +287,7 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
             )
         if s is not None and s.lost_span_at is not None and s.lost_span_at >= now - lookback:
             stream.problems.append(
-                f"content created {_iso(s.lost_span_from)} .. {_iso(s.lost_span_to)} could no longer be listed "
+                f"content created {iso_time(s.lost_span_from)} .. {iso_time(s.lost_span_to)} could no longer be listed "
                 "(collection stopped for longer than the API's 7-day retention)"
             )
         if s is not None and s.last_refused_at is not None and s.last_refused_at >= now - lookback:
@@ -449,11 +296,6 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
                 "of another content type): the content they name was not collected (the lister's ERROR log "
                 "names each one)"
             )
-
-
-def _since_success(error_at: dt.datetime | None, success_at: dt.datetime | None) -> bool:
-    """Whether an error is news: it happened after the last success (an older one was recovered from)."""
-    return success_at is None or (error_at is not None and error_at >= success_at)
 
 
 def _recent_losses(report: StatusReport, stream: StreamReport, since: dt.datetime) -> int:
@@ -468,12 +310,6 @@ def _recent_losses(report: StatusReport, stream: StreamReport, since: dt.datetim
 
 
 # -- filtering ----------------------------------------------------------------------------------------
-
-
-def short_id(tenant_id: str) -> str:
-    """A tenant id a table can hold: its first and last four characters (enough to tell 500 tenants apart
-    at a glance; ``--tenant`` accepts the short form, the full id or the registry name)."""
-    return f"{tenant_id[:4]}…{tenant_id[-4:]}" if len(tenant_id) > 12 else tenant_id
 
 
 def matches_tenant(stream: StreamReport, wanted: str) -> bool:
@@ -509,10 +345,6 @@ def filter_report(report: StatusReport, tenants: Sequence[str] = (), *, problems
 def _zoned(value: dt.datetime) -> str:
     """A time for the table, with its zone: UTC, like every time the collector stores."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def _age(delta: dt.timedelta) -> str:
@@ -629,7 +461,7 @@ def _with_code(code: str | None, message: str | None) -> str:
 # -- the health function -------------------------------------------------------------------------------
 
 
-def health_response(get_collector: Callable[[], Collector]) -> tuple[int, bytes]:
+def health_response(get_collector: Callable[[], CollectorState]) -> tuple[int, bytes]:
     """(HTTP status, JSON body) for the health endpoint: 200 when healthy or degraded (``"status"`` tells
     which), 503 when unhealthy. See the module docstring for why degraded is a 200.
 

@@ -23,7 +23,7 @@ import orjson
 from azure.core.credentials import TokenCredential
 from azure.identity import ClientAssertionCredential, ManagedIdentityCredential
 
-from .config import FederatedCredentialConfig, ManagedIdentityCredentialConfig, TenantConfig
+from .tenant_config import FederatedCredentialConfig, ManagedIdentityCredentialConfig, TenantConfig
 
 GRANT_SCRIPT = "scripts/grant-api-access.sh"
 

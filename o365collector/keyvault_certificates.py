@@ -9,7 +9,8 @@ the old one: no restart. A failed look-up keeps the version in hand, which still
 
 Errors say what the admin must do: 403 names the role "Key Vault Secrets User"; an unknown name, an
 unreadable secret and an expired certificate each say which setting or certificate to fix.
-``VAULT_CREDENTIAL`` builds the identity that reads the vault (the managed identity; tests swap it).
+The vault is read as the app's managed identity (``managed_identity``); tests meet the simulator's identity
+endpoint and Key Vault stand-in through the same azure-identity path.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from .config import KeyVaultCertificateConfig, TenantConfig
 from .errors import ApiPermanentError, ApiTransientError
 from .redaction import redact
+from .tenant_config import KeyVaultCertificateConfig, TenantConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 def managed_identity(config: KeyVaultCertificateConfig) -> TokenCredential:
     """The app's managed identity: the user-assigned one named by AZURE_CLIENT_ID, else the system one."""
     return ManagedIdentityCredential(client_id=config.identity_client_id)
-
-
-# Builds the credential that reads the vault; tests replace it until a local identity endpoint exists.
-VAULT_CREDENTIAL: Callable[[KeyVaultCertificateConfig], TokenCredential] = managed_identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +124,7 @@ class KeyVaultCertificateCredential:
         if session is not None:
             client_options["transport"] = RequestsTransport(session=session, session_owner=False)
         self._client = SecretClient(
-            config.vault_uri, vault_credential or VAULT_CREDENTIAL(config), **client_options
+            config.vault_uri, vault_credential or managed_identity(config), **client_options
         )
         self._lock = threading.Lock()
         self._loaded: LoadedCertificate | None = None
@@ -252,7 +249,6 @@ def build_keyvault_credential(
 
 __all__ = [
     "SECRETS_USER_ROLE",
-    "VAULT_CREDENTIAL",
     "KeyVaultCertificateCredential",
     "LoadedCertificate",
     "build_keyvault_credential",

@@ -1,5 +1,8 @@
 """Timer side: for each tenant and content type, plan windows, list every page, enqueue, advance.
 
+Who calls it: the timer itself, or with the fan-out on (``O365_LIST_FANOUT``) the list queue's trigger, one
+tenant per message (``listing_queue``, where the timer's and the list trigger's entry points are).
+
 The order is the guarantee: every blob of a window is on the queue before the checkpoint moves past
 the window, and the checkpoint moves under the ETag it was read with. A crash anywhere means the next
 run lists the window again; the ledger makes the repeat harmless. One stream failing (a permission,
@@ -27,12 +30,13 @@ from typing import Protocol
 import orjson
 
 from .checkpoints import Checkpoint, CheckpointConflictError, CheckpointStore
-from .config import CollectionPolicy, TenantConfig
+from .config import CollectionPolicy
 from .errors import CollectorError
 from .management_api import ManagementApiClient
 from .models import ContentBlob, FetchTask, ListingEntryError, TimeWindow
 from .redaction import printable
 from .scheduler import run_fairly
+from .tenant_config import TenantConfig
 from .windows import WindowPlan, lag, plan_windows, relist_horizon
 
 log = logging.getLogger(__name__)

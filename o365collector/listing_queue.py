@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from .checkpoints import StreamLease
-from .config import TenantConfig
 from .errors import CollectorError
 from .fetcher import FetchResult, Outcome
 from .invocation import TiedThreadPool
@@ -48,6 +47,7 @@ from .lister import ListerResult, StreamResult
 from .queue_runner import DrainResult, QueueRunner
 from .redaction import printable
 from .runtime import Collector, collector, run_lister
+from .tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
 

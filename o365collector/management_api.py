@@ -28,7 +28,7 @@ import urllib3
 from azure.core.exceptions import AzureError
 
 from .auth import TokenProvider
-from .config import HttpPolicy, TenantConfig
+from .config import HttpPolicy
 from .content import ContentRecords, parse_array, validator_pool
 from .errors import (
     ApiPermanentError,
@@ -43,6 +43,8 @@ from .models import ContentBlob, ListingEntryError, Record, TimeWindow, format_a
 from .ratelimit import Pacer, RateLimiter
 from .redaction import printable
 from .retry import RetryPolicy, parse_retry_after, retrying
+from .sessions import EnvironmentOnceSession
+from .tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +378,7 @@ class ManagementApiClient:
 
 def shared_session(pool_size: int) -> requests.Session:
     """A session whose connection pool fits the lister's concurrency (requests' default keeps 10 per host)."""
-    session = requests.Session()
+    session = EnvironmentOnceSession()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -19,10 +19,11 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 from .config import Settings
 from .diagnose import Step, diagnose
-from .health import DEGRADED, HEALTHY, UNHEALTHY, build_report, filter_report, render_table
+from .health import build_report, filter_report, render_table
 from .poison import replay_poison
 from .redaction import redact, summary
 from .runtime import Collector
+from .status_report import DEGRADED, HEALTHY, UNHEALTHY
 
 STATUS_EXIT = {HEALTHY: 0, UNHEALTHY: 1, DEGRADED: 3}
 

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .arrivals import REENABLE, ArrivalCounts
+from .arrivals import REENABLE, ArrivalCounts, ArrivalStore
+from .config import Settings
 from .redaction import summary
-
-if TYPE_CHECKING:
-    from .health import StatusReport
-    from .runtime import Collector
+from .status_report import StatusReport
 
 log = logging.getLogger(__name__)
 
 
-def report_push(report: StatusReport, collector: Collector, now: dt.datetime) -> None:
+class PushState(Protocol):
+    """What push mode's part of the report reads of a collector: its settings and the arrival table."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def arrivals(self) -> ArrivalStore: ...
+
+
+def report_push(report: StatusReport, collector: PushState, now: dt.datetime) -> None:
     if not collector.settings.push.enabled:
         return
     try:

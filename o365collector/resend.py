@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from .config import Settings, TenantConfig
+from .config import Settings
 from .content import ContentRecords
 from .errors import CollectorError, ConfigError, ContentUnavailableError
 from .management_api import content_uri_problem
@@ -40,6 +40,7 @@ from .models import CONTENT_TYPES, BlobContext, utc
 from .redaction import describe, printable, redact
 from .runtime import Collector
 from .sinks.base import Sink, SinkSettings
+from .tenant_config import TenantConfig
 from .windows import earliest_listable
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from functools import partial
 from .arrivals import ArrivalStore
 from .auth import TokenProvider
 from .checkpoints import CheckpointStore, Ledger, StreamLeases
-from .config import Settings, TenantConfig
+from .config import Settings
 from .deferral import MAX_VISIBILITY, DeferralStore, NamedSink, expiry_message, plan_deferral, waiting_for
 from .errors import (
     CollectorError,
@@ -40,6 +40,7 @@ from .sinks.base import Sink
 from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
 from .telemetry import log_fetch_result
+from .tenant_config import TenantConfig
 from .tenants import TableTenantRegistry
 from .webhook import PollMarkingQueue, WebhookReceiver
 

@@ -33,6 +33,7 @@ from urllib3.util.retry import Retry
 
 from .config import StorageConfig
 from .errors import ConfigError
+from .sessions import EnvironmentOnceSession
 
 STORAGE_SETTING = "AzureWebJobsStorage"
 # Connections kept per client: the queue runner works on up to host.json batchSize (16) messages at
@@ -208,7 +209,7 @@ class StorageClients:
 
 def pooled_transport() -> RequestsTransport:
     """azure-core's requests transport (retries off: the SDK's policy retries) with ``POOL_CONNECTIONS``."""
-    session = requests.Session()
+    session = EnvironmentOnceSession()
     adapter = requests.adapters.HTTPAdapter(
         max_retries=Retry(total=False, redirect=False, raise_on_status=False), pool_maxsize=POOL_CONNECTIONS
     )

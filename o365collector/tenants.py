@@ -48,7 +48,11 @@ import orjson
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from .config import (
+from .envparse import Environ, Gatherer, get_secret, get_str, parse_guid
+from .errors import ConfigError
+from .models import CONTENT_TYPES
+from .redaction import printable, summary
+from .tenant_config import (
     CLOUDS,
     MANAGED_IDENTITY,
     SECRET_SETTING_FORM,
@@ -67,10 +71,6 @@ from .config import (
     start_time_from_env,
     tenant_from_env,
 )
-from .envparse import Environ, Gatherer, get_secret, get_str, parse_guid
-from .errors import ConfigError
-from .models import CONTENT_TYPES
-from .redaction import printable, summary
 
 log = logging.getLogger(__name__)
 

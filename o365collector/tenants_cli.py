@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 
-from .config import SECRET_SETTING_NAME, CertificateCredentialConfig, Settings, TenantConfig
+from .config import Settings
 from .envparse import KEY_VAULT_REFERENCE, Environ, get_str
 from .errors import ConfigError
 from .redaction import printable, summary
 from .storage import StorageClients
+from .tenant_config import SECRET_SETTING_NAME, CertificateCredentialConfig, TenantConfig
 from .tenants import TableTenantRegistry
 
 

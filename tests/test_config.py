@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
-from o365collector.config import CLOUDS, Settings
+from o365collector.config import Settings
 from o365collector.errors import ConfigError
 from o365collector.models import CONTENT_TYPES
+from o365collector.tenant_config import CLOUDS
 
 BASE = {
     "O365_TENANT_ID": "11111111-2222-4333-8444-555555555555",

@@ -1,8 +1,9 @@
 """The app's certificate read from Key Vault (keyvault_certificates.py), end to end against the simulator.
 
-The simulator plays Entra (it checks the certificate's client assertion) and the vault (simulator/
-keyvault.py: the bearer challenge, RBAC, secret versions). The identity that reads the vault is a
-token the vault stand-in issued for a principal (``VaultIdentity``), swapped in for the managed identity.
+The simulator plays Entra (it checks the certificate's client assertion), the App Service managed
+identity endpoint (simulator/identity.py) and the vault (simulator/keyvault.py: the bearer challenge,
+RBAC, secret versions). Nothing is injected: azure-identity's ``ManagedIdentityCredential`` gets the
+vault token from the identity endpoint, and the vault authorizes the identity's object id.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import pytest
-from azure.core.credentials import AccessToken
+import requests
 
-from o365collector import keyvault_certificates
-from o365collector.config import KeyVaultCertificateConfig, Settings
+from o365collector.config import Settings
 from o365collector.diagnose import Verdict, diagnose
 from o365collector.errors import ApiPermanentError
 from o365collector.health import build_report
@@ -25,29 +24,28 @@ from o365collector.keyvault_certificates import KeyVaultCertificateCredential
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
+from o365collector.simulator.identity import ManagedIdentitySpec
 from o365collector.simulator.keyvault import PEM, PKCS12
+from o365collector.tenant_config import KeyVaultCertificateConfig
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, now
 from tests.test_certificate_auth import make_certificate
 
 TID = TENANT.tenant_id
-PRINCIPAL = "collector-identity"
+# The function app's user-assigned identity: it reads the vault; the app registration's certificate signs in.
+IDENTITY = ManagedIdentitySpec(
+    client_id="4d4d4d4d-1111-4222-8333-444444444444", object_id="4e4e4e4e-5555-4666-8777-888888888888", tenant_id=TID
+)
+PRINCIPAL = IDENTITY.object_id
 SCOPE = "https://manage.office.com/.default"
 
 
-class VaultIdentity:
-    """The managed identity's stand-in: a vault token for ``principal``."""
-
-    def __init__(self, simulator: Simulator, principal: str = PRINCIPAL) -> None:
-        self._token = simulator.key_vault.token_for(principal)
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, int(now().timestamp()) + 3600)
-
-
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def vault_identity(simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keyvault_certificates, "VAULT_CREDENTIAL", lambda config: VaultIdentity(simulator))
+    """The identity on the simulator's endpoint, and the variables App Service sets (azure-identity reads them)."""
+    simulator.identity.add_managed_identity(IDENTITY)
+    for name, value in simulator.identity.environment().items():
+        monkeypatch.setenv(name, value)
 
 
 def keyvault_env(simulator: Simulator, receiver: HttpReceiver, **overrides: str) -> dict[str, str]:
@@ -59,6 +57,7 @@ def keyvault_env(simulator: Simulator, receiver: HttpReceiver, **overrides: str)
         "O365_CLIENT_ID": TENANT.client_id,
         "O365_CLIENT_SECRET": "",  # the certificate in Key Vault is the only credential
         "O365_CERTIFICATE_KEY_VAULT_URI": simulator.key_vault_url,
+        "AZURE_CLIENT_ID": IDENTITY.client_id,
         "O365_RETRY_MAX_ATTEMPTS": "2",
         "SINK_TYPE": "http",
         "SINK_URL": receiver.url,
@@ -75,7 +74,6 @@ def import_registered(
 
 
 @pytest.mark.parametrize("content_type", [PKCS12, PEM], ids=["pfx", "pem"])
-@pytest.mark.usefixtures("vault_identity")
 def test_a_key_vault_certificate_signs_in_and_everything_ships(
     content_type: str,
     simulator: Simulator,
@@ -104,7 +102,7 @@ def test_a_renewed_version_is_picked_up_without_a_restart(
     first = import_registered(simulator, PKCS12)
     settings = Settings.from_env(
         make_env(O365_CERTIFICATE_NAME="app-cert", O365_CERTIFICATE_KEY_VAULT_URI=simulator.key_vault_url,
-                 O365_CLIENT_SECRET="", O365_CERTIFICATE_REFRESH_MINUTES="30")
+                 O365_CLIENT_SECRET="", O365_CERTIFICATE_REFRESH_MINUTES="30", AZURE_CLIENT_ID=IDENTITY.client_id)
     )  # fmt: skip
     tenant = settings.tenants[0]
     assert isinstance(tenant.credential, KeyVaultCertificateConfig)
@@ -113,7 +111,6 @@ def test_a_renewed_version_is_picked_up_without_a_restart(
         tenant,
         tenant.credential,
         options={"authority": tenant.authority_host, "disable_instance_discovery": True},
-        vault_credential=VaultIdentity(simulator),
         clock=lambda: clock[0],
     )
     credential.get_token(SCOPE)
@@ -136,11 +133,11 @@ def test_an_expired_certificate_says_to_renew_it(simulator: Simulator, make_env:
     import_registered(simulator, PKCS12, valid_for=-dt.timedelta(hours=1))
     settings = Settings.from_env(
         make_env(O365_CERTIFICATE_NAME="app-cert", O365_CERTIFICATE_KEY_VAULT_URI=simulator.key_vault_url,
-                 O365_CLIENT_SECRET="")
+                 O365_CLIENT_SECRET="", AZURE_CLIENT_ID=IDENTITY.client_id)
     )  # fmt: skip
     tenant = settings.tenants[0]
     assert isinstance(tenant.credential, KeyVaultCertificateConfig)
-    credential = KeyVaultCertificateCredential(tenant, tenant.credential, vault_credential=VaultIdentity(simulator))
+    credential = KeyVaultCertificateCredential(tenant, tenant.credential)
 
     with pytest.raises(ApiPermanentError) as raised:
         credential.get_token(SCOPE)
@@ -152,7 +149,6 @@ def test_an_expired_certificate_says_to_renew_it(simulator: Simulator, make_env:
     assert simulator.certificates.accepted == 0
 
 
-@pytest.mark.usefixtures("vault_identity")
 def test_an_identity_without_the_role_is_told_which_role_to_assign(
     simulator: Simulator,
     receiver: HttpReceiver,
@@ -171,6 +167,38 @@ def test_an_identity_without_the_role_is_told_which_role_to_assign(
     failed = capsys.readouterr().err
     assert "O365_TENANTS[0].credential: certificate 'app-cert' in Key Vault" in failed
     assert "assign it the role 'Key Vault Secrets User'" in failed
+    assert simulator.key_vault.refused, "the vault refused the identity's token"
+    assert set(simulator.key_vault.refused) == {PRINCIPAL}
+
+
+def test_the_vault_refuses_an_identity_token_without_the_role_as_key_vault_does(simulator: Simulator) -> None:
+    """The identity endpoint's vault token names the identity; without the role the data plane answers 403
+    Forbidden / ForbiddenByRbac with the caller and the action, and with it the secret."""
+    import_registered(simulator, PKCS12)
+    http = requests.Session()
+    http.trust_env = False  # a REQUESTS_CA_BUNDLE left in the environment would override verify
+    http.verify = simulator.ca_file
+    mi = requests.get(
+        simulator.identity.start(),
+        params={"api-version": "2019-08-01", "resource": "https://vault.azure.net", "client_id": IDENTITY.client_id},
+        headers={"X-IDENTITY-HEADER": simulator.identity.identity_header},
+        timeout=10,
+    )
+    assert mi.status_code == 200, mi.text
+    bearer = {"Authorization": f"Bearer {mi.json()['access_token']}"}
+    url = f"{simulator.key_vault_url.rstrip('/')}/secrets/app-cert?api-version=7.5"
+
+    refused = http.get(url, headers=bearer, timeout=10)
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert error["code"] == "Forbidden"
+    assert error["innererror"] == {"code": "ForbiddenByRbac"}
+    assert error["message"].startswith("Caller is not authorized to perform action on resource.")
+    assert f"Caller: appid={IDENTITY.client_id};oid={PRINCIPAL};iss=https://sts.windows.net/{TID}/" in error["message"]
+    assert "Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'" in error["message"]
+
+    simulator.key_vault.grant_secrets_user(PRINCIPAL)
+    assert http.get(url, headers=bearer, timeout=10).json()["contentType"] == PKCS12
 
 
 def test_a_keyvault_reference_needs_the_vault_uri(make_env: Callable[..., dict[str, str]]) -> None:
@@ -180,7 +208,6 @@ def test_a_keyvault_reference_needs_the_vault_uri(make_env: Callable[..., dict[s
         Settings.from_env(env)
 
 
-@pytest.mark.usefixtures("vault_identity")
 def test_check_status_and_health_warn_ahead_of_the_certificates_end(
     simulator: Simulator, receiver: HttpReceiver, make_collector: Callable[..., Collector],
     make_env: Callable[..., dict[str, str]],

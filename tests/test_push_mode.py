@@ -7,6 +7,10 @@ so retries with backoff are driven without waiting.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import requests
 
 from o365collector import cli
 from o365collector.diagnose import Verdict, diagnose
@@ -202,3 +207,66 @@ def test_a_webhook_the_service_disabled_is_flagged_by_check_and_re_enabled_by_on
     # Re-enabling is the command that set it.
     assert "webhook enabled" in start_webhook(listener, capsys)
     assert [s.verdict for s in diagnose(env) if s.name == "webhook"] == [Verdict.OK]
+
+
+def test_an_expired_webhook_is_flagged_by_check_with_the_command_that_renews_it(
+    simulator: Simulator,
+    clock: SimClock,
+    env: dict[str, str],
+    collector: Collector,
+    listener: WebhookServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Someone set the webhook with an expiration (the CLI never does); it passes on the simulator's clock.
+    http = requests.Session()
+    http.trust_env = False  # a REQUESTS_CA_BUNDLE left in the environment would override verify
+    http.verify = simulator.ca_file
+    token = http.post(
+        f"{simulator.authority_url}/{TID}/oauth2/v2.0/token",
+        data={"grant_type": "client_credentials", "client_id": TENANT.client_id, "client_secret": TENANT.client_secret,
+              "scope": "https://manage.office.com/.default"},
+        timeout=30,
+    ).json()["access_token"]  # fmt: skip
+    expiration = (clock.now + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    http.post(
+        f"{simulator.api_url}/api/v1.0/{TID}/activity/feed/subscriptions/start",
+        params={"contentType": TYPE, "PublisherIdentifier": TID},
+        json={"webhook": {"address": listener.url, "authId": AUTH, "expiration": expiration}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).raise_for_status()
+    assert [s.verdict for s in diagnose(env) if s.name == "webhook"] == [Verdict.OK]
+
+    clock.advance(dt.timedelta(hours=2))
+    steps = [s for s in diagnose(env) if s.name == "webhook"]
+    assert [s.verdict for s in steps] == [Verdict.FAIL]
+    assert "push webhook expired (it expired" in steps[0].detail
+    assert f"subscriptions start --content-type {TYPE} --webhook <URL>" in steps[0].detail
+
+    assert "webhook enabled" in start_webhook(listener, capsys)  # the command renews it, with no expiration
+    assert [s.verdict for s in diagnose(env) if s.name == "webhook"] == [Verdict.OK]
+
+
+def test_the_push_demo_in_certificate_mode_ships_everything_through_the_cli_listener(tmp_path: Path) -> None:
+    """``demo --push --auth-mode certificate``: the collector reads its certificate (a PFX in the simulated Key
+    Vault) through the managed identity endpoint, every record ships, and the fresh blobs are pushed to the
+    listener ``run --webhook-listen`` serves (its start line is logged), not to a stand-in."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR") if key in os.environ}
+    env |= {"PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "o365collector", "--log-level", "INFO", "demo", "--days", "0.1", "--push",
+         "--auth-mode", "certificate", "--output", str(tmp_path / "out")],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "certificate: a Key Vault certificate read through the identity endpoint" in result.stdout
+    assert "loaded certificate o365collector-app version" in output, "read from the vault, not a file"
+    counts = dict(re.findall(r"^\s+(\S+)\s+(\d+ / \d+)$", result.stdout, re.MULTILINE))
+    assert len(counts) == 5, result.stdout
+    for content_type, pair in counts.items():
+        shipped, served = (int(n) for n in pair.split(" / "))
+        assert shipped == served > 0, f"{content_type}: {pair}"
+    assert "webhook listener on https://localhost:" in output, "the CLI's WebhookServer served the webhook"
+    assert "push mode: 3 of 3 fresh blobs notified by webhook and shipped" in result.stdout

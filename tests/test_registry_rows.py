@@ -20,13 +20,14 @@ from azure.data.tables import TableClient
 
 from o365collector.auth import TokenProvider, read_certificate
 from o365collector.azurite import Azurite
-from o365collector.config import MAX_CERTIFICATE_BYTES, CertificateCredentialConfig, Settings
+from o365collector.config import Settings
 from o365collector.diagnose import Verdict, diagnose
 from o365collector.envparse import InvalidSettingsError
 from o365collector.errors import ConfigError
 from o365collector.health import build_report, health_response
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
+from o365collector.tenant_config import MAX_CERTIFICATE_BYTES, CertificateCredentialConfig
 from tests.support import TENANT, EnvFactory
 
 ROOT = Path(__file__).resolve().parents[1]

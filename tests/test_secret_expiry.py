@@ -15,8 +15,9 @@ import pytest
 from o365collector import runtime
 from o365collector.config import health_from_env
 from o365collector.errors import ConfigError
-from o365collector.health import StatusReport, judge, render_table
+from o365collector.health import judge, render_table
 from o365collector.simulator import Simulator
+from o365collector.status_report import StatusReport
 from tests.support import EnvFactory
 from tests.test_health import call_health, generate, run_timer
 

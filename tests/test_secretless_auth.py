@@ -19,13 +19,13 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from o365collector.config import FederatedCredentialConfig, ManagedIdentityCredentialConfig
 from o365collector.diagnose import Step, Verdict, diagnose
 from o365collector.errors import ConfigError
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from o365collector.simulator.identity import FederatedCredentialSpec, ManagedIdentitySpec, MultiTenantAppSpec
+from o365collector.tenant_config import FederatedCredentialConfig, ManagedIdentityCredentialConfig
 from o365collector.tenants import tenants_from_env
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
@@ -210,3 +210,15 @@ def test_a_bad_auth_setting_is_named(settings: dict[str, str], message: str) -> 
     with pytest.raises(ConfigError) as raised:
         tenants_from_env({"O365_TENANT_ID": TENANT.tenant_id} | settings, sink_names=None)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("secret", ["", "set-but-not-asked-for"])
+def test_certificate_mode_without_a_certificate_names_the_certificate_settings(secret: str) -> None:
+    env = {"O365_TENANT_ID": TENANT.tenant_id, "O365_CLIENT_ID": TENANT.client_id, "O365_AUTH_MODE": "certificate",
+           "O365_CLIENT_SECRET": secret}  # fmt: skip
+    with pytest.raises(ConfigError) as raised:
+        tenants_from_env(env, sink_names=None)
+    message = str(raised.value)
+    assert "O365_CLIENT_CERTIFICATE_PATH: is required when O365_AUTH_MODE is certificate" in message
+    assert "or set O365_CERTIFICATE_NAME" in message
+    assert "O365_CLIENT_SECRET" not in message, "a secret is not what certificate mode needs"

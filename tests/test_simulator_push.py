@@ -110,8 +110,8 @@ def _http(sim: Simulator) -> requests.Session:
     return session
 
 
-def start(sim: Simulator, address: str, auth_id: str | None = AUTH_ID) -> requests.Response:
-    hook: dict[str, Any] = {"address": address, "expiration": ""}
+def start(sim: Simulator, address: str, auth_id: str | None = AUTH_ID, expiration: str = "") -> requests.Response:
+    hook: dict[str, Any] = {"address": address, "expiration": expiration}
     if auth_id is not None:
         hook["authId"] = auth_id
     return _http(sim).post(
@@ -269,6 +269,43 @@ def test_repeated_failures_disable_the_webhook_until_start(
     assert response.json()["webhook"]["status"] == "enabled"
     assert sim.deliver_notifications().delivered == 1  # catches up on what it missed
     assert receiver.notifications()[-1][0]["contentId"] == content_id
+
+
+def test_a_past_expiration_is_refused_with_af20003(sim: Simulator, receiver: WebhookReceiver) -> None:
+    past = "2024-05-20T11:59:00Z"  # the simulator's clock reads 12:00
+
+    response = start(sim, receiver.url, expiration=past)
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "AF20003", "message": f"Expiration {past} provided is set to past date and time.",
+    }  # fmt: skip
+    assert receiver.received == [], "refused before the validation handshake"
+    assert sim.subscriptions(TENANT) == []
+
+
+def test_a_webhook_past_its_expiration_is_listed_expired_and_goes_quiet(
+    sim: Simulator, receiver: WebhookReceiver, clock: Clock
+) -> None:
+    expiration = "2024-05-20T13:00:00Z"
+    response = start(sim, receiver.url, expiration=expiration)
+    assert response.status_code == 200, response.text
+    assert response.json()["webhook"]["expiration"] == expiration
+    add_blobs(sim, 1, available_in=dt.timedelta(0))
+    clock.now = NOW + dt.timedelta(minutes=30)
+    assert sim.deliver_notifications().delivered == 1
+    assert listed_webhook(sim)["status"] == "enabled"
+
+    clock.now = NOW + dt.timedelta(hours=1)  # the expiration, on the simulator's clock
+    later = add_blobs(sim, 1, available_in=dt.timedelta(0))
+    clock.now = NOW + dt.timedelta(hours=2)
+    assert listed_webhook(sim)["status"] == "expired"
+    assert sim.deliver_notifications().batches == 0, "an expired webhook gets no notifications"
+
+    assert start(sim, receiver.url).status_code == 200  # renewed (no expiration this time)
+    assert listed_webhook(sim)["status"] == "enabled"
+    assert sim.deliver_notifications().delivered == 1
+    assert receiver.notifications()[-1][0]["contentId"] == later[0]
 
 
 def test_duplicates_every_kth_batch(sim: Simulator, receiver: WebhookReceiver, clock: Clock) -> None:

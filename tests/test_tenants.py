@@ -13,9 +13,10 @@ import pytest
 from azure.data.tables import TableClient
 
 from o365collector.azurite import Azurite
-from o365collector.config import CertificateCredentialConfig, ClientSecretCredentialConfig, Settings
+from o365collector.config import Settings
 from o365collector.errors import ConfigError
 from o365collector.models import CONTENT_TYPES
+from o365collector.tenant_config import CertificateCredentialConfig, ClientSecretCredentialConfig
 from o365collector.tenants import TableTenantRegistry
 
 NOW = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC)

@@ -20,10 +20,10 @@ from pathlib import Path
 from types import FrameType
 
 from ..azurite import Azurite, find_azurite, start_azurite
+from .auth_setup import AUTH_MODES, auth_environment
 from .core import Simulator
 from .data import CONTENT_TYPES
 from .faults import Fault
-from .identity import AUTH_MODES, secretless_environment
 from .options import SimulatorConfig
 from .store import TenantSpec
 
@@ -118,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=AUTH_MODES,
         default="clientSecret",
         help="how the printed settings sign in: managedIdentity and federated serve the App Service identity "
-        "endpoint (IDENTITY_ENDPOINT/IDENTITY_HEADER) and need no secret",
+        "endpoint (IDENTITY_ENDPOINT/IDENTITY_HEADER) and need no secret; certificate: a PFX in the simulated "
+        "Key Vault, read through that endpoint",
     )
     parser.add_argument("--throttle-rate", type=_rate, default=0.0, help="share of API calls answered 403 AF429")
     parser.add_argument("--error-rate", type=_rate, default=0.0, help="share of API calls answered 500 AF50000")
@@ -180,8 +181,7 @@ def run(args: argparse.Namespace) -> int:
     sim.start()
     try:
         env = demo_environment(sim, spec)
-        if args.auth_mode != "clientSecret":
-            env |= secretless_environment(sim.identity, spec.tenant_id, args.auth_mode)
+        env |= auth_environment(sim, spec.tenant_id, spec.client_id, args.auth_mode)
         if azurite is not None:
             env |= storage_environment(azurite, args.output.resolve())
         print_environment(env)

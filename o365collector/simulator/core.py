@@ -18,13 +18,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import feed, keyvault, tokens
 from .assertions import CertificateAssertions
 from .certs import CertFiles, write_certificates
 from .data import Record, SimBlob
 from .faults import Fault, FaultInjector, fault_response
 from .feed import ActivityFeed
+from .feed import match as match_feed
 from .identity import IdentityService
+from .keyvault import KeyVaultService
+from .keyvault import match as match_vault
 from .options import SimulatorConfig, SimulatorOptions
 from .push import Pusher, PushReport
 from .quota import quota_exceeded
@@ -33,6 +35,7 @@ from .stats import RequestLog, SimulatorStats
 from .store import Store, TenantSpec
 from .times import as_utc, system_clock
 from .tokens import TokenService
+from .tokens import match as match_token
 from .wire import FEED_HEADERS, Request, Response, aspnet_message, not_found
 
 logger = logging.getLogger(__name__)
@@ -57,10 +60,11 @@ class Simulator:
         self._tokens = TokenService(self._store, self.now, self.config.token_lifetime)
         # Certificate sign-in (assertions.py) and the Key Vault holding the certificates (keyvault.py).
         self.certificates = self._tokens.certificates = CertificateAssertions(self.now, self._our_api_url)
-        self.key_vault = keyvault.KeyVaultService(self.now, self._our_api_url)
+        self.key_vault = KeyVaultService(self.now, self._our_api_url)
         # The managed identity endpoint and multi-tenant apps' federated credentials (identity.py).
         self.identity = IdentityService(self._tokens, self.now, self.config.token_lifetime)
         self._tokens.federated = self.identity.check_federated
+        self.identity.vault_token = self.key_vault.token_for  # the identity's token for the vault
         self._feed = ActivityFeed(self._store, self._tokens, self.config, self.options, self.now, self._our_api_url)
         self._server: HttpsServer | None = None
         self._port: int | None = None
@@ -268,9 +272,9 @@ class Simulator:
 
     def _dispatch(self, request: Request) -> Response | None:
         arrived = time.monotonic()
-        feed_route = feed.match(request.segments)
-        token_route = None if feed_route else tokens.match(request.segments)
-        vault_route = None if feed_route or token_route else keyvault.match(request.segments)
+        feed_route = match_feed(request.segments)
+        token_route = None if feed_route else match_token(request.segments)
+        vault_route = None if feed_route or token_route else match_vault(request.segments)
         if feed_route is not None:
             route, tenant = feed_route.stats_route, feed_route.tenant
         elif token_route is not None:

@@ -19,7 +19,7 @@ import orjson
 
 from .data import CONTENT_TYPES, SimBlob, is_well_formed_content_id
 from .options import SimulatorConfig, SimulatorOptions
-from .push import Pusher
+from .push import Pusher, expire_webhooks
 from .store import Store, is_guid
 from .times import Clock, format_content_time, format_query_time, parse_query_time
 from .tokens import IssuedToken, TokenService
@@ -184,6 +184,14 @@ class ActivityFeed:
                     reason = "The address must begin with HTTPS."
                     message = f"The webhook endpoint {address}) could not be validated. {reason}"
                     return json_response(400, {"error": {"code": "AF20021", "message": message}})
+                # A past expiration is refused before the handshake (AF20003, [REF] §6).
+                expiration = hook.get("expiration") or None
+                if expiration is not None:
+                    expires = parse_query_time(str(expiration))
+                    if expires is None:
+                        return af_error("AF20002", "expiration", "DateTime")
+                    if expires <= self._clock():
+                        return af_error("AF20003", expiration)
                 # [REF] §6: the service POSTs a validation code first; anything but 200 leaves the
                 # subscription as it was. The pusher only ever posts to loopback addresses.
                 auth_id = hook.get("authId") if isinstance(hook.get("authId"), str) else None
@@ -191,7 +199,6 @@ class ActivityFeed:
                     reason = "The endpoint did not return HTTP 200."
                     message = f"The webhook endpoint {address}) could not be validated. {reason}"
                     return json_response(400, {"error": {"code": "AF20021", "message": message}})
-                expiration = hook.get("expiration") or None
                 webhook = {
                     "status": "enabled",
                     "address": address,
@@ -220,6 +227,7 @@ class ActivityFeed:
         return Response(200, b"", content_type=None)
 
     def _list_subscriptions(self, request: Request, route: FeedRoute) -> Response:
+        expire_webhooks(self._store, route.tenant, self._clock())  # the listing shows "expired" once past
         return json_response(200, self._store.list_subscriptions(route.tenant))
 
     def _dlp_sensitive_types(self, request: Request, route: FeedRoute) -> Response:

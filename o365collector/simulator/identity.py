@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -43,6 +43,8 @@ TOKEN_EXCHANGE_AUDIENCES = frozenset(
 )
 APP_SERVICE_API_VERSION = "2019-08-01"
 ISSUER_HOST = "https://login.microsoftonline.com"
+# Key Vault's resource per cloud (the SDK asks for ``https://vault.azure.net/.default`` after the challenge).
+KEY_VAULT_HOSTS = frozenset({"vault.azure.net", "vault.usgovcloudapi.net", "vault.azure.cn"})
 _KEY_ID = "o365collector-simulator-identity"
 
 
@@ -95,6 +97,8 @@ class IdentityService:
         self.identity_header = secrets.token_urlsafe(24)
         self._server: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Issues a vault token for (object id, client id, tenant): the Key Vault stand-in's ``token_for``.
+        self.vault_token: Callable[[str, str, str], str] | None = None
 
     @property
     def _key(self) -> rsa.RSAPrivateKey:
@@ -158,6 +162,9 @@ class IdentityService:
             token, _ = self._tokens.issue(identity.tenant_id, identity.client_id, identity.roles, f"https://{host}")
         elif resource in TOKEN_EXCHANGE_AUDIENCES:
             token = self.exchange_token(identity, resource, now)
+        elif host in KEY_VAULT_HOSTS and self.vault_token is not None:
+            # Key Vault authorizes by the caller's object id (its RBAC role assignments name principals).
+            token = self.vault_token(identity.object_id, identity.client_id, identity.tenant_id)
         else:
             return _mi_error(
                 400,
@@ -278,7 +285,6 @@ def _mi_error(status: int, message: str) -> Response:
 DEMO_IDENTITY_CLIENT_ID = "5e1f0000-0000-4000-8000-00000000001d"
 DEMO_IDENTITY_OBJECT_ID = "5e1f0000-0000-4000-8000-0000000000b1"
 DEMO_APP_CLIENT_ID = "5e1f0000-0000-4000-8000-0000000000a9"
-AUTH_MODES = ("clientSecret", "managedIdentity", "federated")
 
 
 def secretless_environment(identity: IdentityService, tenant_id: str, mode: str) -> dict[str, str]:

@@ -6,7 +6,8 @@ certificate: base64 PKCS#12 (``contentType: application/x-pkcs12``) or PEM text
 The wire follows the data plane: a request without a token gets 401 with the bearer challenge the
 SDK's challenge policy parses (``authorization``, ``resource``); a token whose principal holds no
 "Key Vault Secrets User" grant gets 403 ``ForbiddenByRbac``; an unknown name 404 ``SecretNotFound``.
-Tokens are handed out by ``token_for`` (a stand-in for the managed identity endpoint).
+Tokens are handed out by ``token_for``, which the simulator's managed identity endpoint calls for a
+``https://vault.azure.net`` token (identity.py): the app reads the vault as its identity's object id.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ PEM = "application/x-pem-file"
 API_VERSIONS = frozenset({"7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"})
 # The role an identity needs to read a certificate's secret (RBAC vault).
 SECRETS_USER = "Key Vault Secrets User"
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    principal: str  # object id, lower case
+    app_id: str | None
+    tenant_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +78,10 @@ class KeyVaultService:
         self._base_url = base_url  # known once the server has its port
         self._lock = threading.Lock()
         self._secrets: dict[str, list[SecretVersion]] = {}
-        self._tokens: dict[str, str] = {}  # access token -> principal
+        self._tokens: dict[str, _Caller] = {}  # access token -> who it was issued to
         self._readers: set[str] = set()
         self.reads = 0
+        self.refused: list[str] = []  # principals refused for want of a role assignment
 
     # -- set up by tests and the demo -------------------------------------------------------------
 
@@ -100,11 +109,12 @@ class KeyVaultService:
         with self._lock:
             self._readers.add(principal.lower())
 
-    def token_for(self, principal: str) -> str:
-        """An access token for ``https://vault.azure.net`` as ``principal`` would get from its identity endpoint."""
+    def token_for(self, principal: str, app_id: str | None = None, tenant_id: str | None = None) -> str:
+        """An access token for ``https://vault.azure.net`` as ``principal`` (an object id) gets it from its
+        identity endpoint (the simulator's managed identity endpoint calls this)."""
         token = secrets.token_urlsafe(24)
         with self._lock:
-            self._tokens[token] = principal.lower()
+            self._tokens[token] = _Caller(principal.lower(), app_id, tenant_id)
         return token
 
     # -- the data plane -------------------------------------------------------------------------
@@ -115,20 +125,35 @@ class KeyVaultService:
         api_version = request.query.get("api-version")
         if api_version not in API_VERSIONS:
             return self._error(400, "BadParameter", "The specified version of the API is not supported.")
-        principal = self._principal(request.header("authorization"))
-        if principal is None:
+        caller = self._caller(request.header("authorization"))
+        if caller is None:
             return self._challenge()
         with self._lock:
-            allowed = principal in self._readers
+            allowed = caller.principal in self._readers
             versions = list(self._secrets.get(name.lower(), ()))
         if not allowed:
+            with self._lock:
+                self.refused.append(caller.principal)
+            # The data plane's RBAC refusal: code Forbidden, inner code ForbiddenByRbac, the caller and action.
+            who = ";".join(
+                part
+                for part in (
+                    f"appid={caller.app_id}" if caller.app_id else "",
+                    f"oid={caller.principal}",
+                    f"iss=https://sts.windows.net/{caller.tenant_id}/" if caller.tenant_id else "",
+                )
+                if part
+            )
             return self._error(
                 403,
                 "Forbidden",
                 "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or "
                 "role definitions were changed recently, please observe propagation time.\r\n"
-                f"Caller: oid={principal}\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\n"
-                "Assignment: (not found)\r\nDecisionReason: 'DeniedWithNoValidRBAC' \r\n",
+                f"Caller: {who}\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\n"
+                f"Resource: '/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/simulator/providers/"
+                f"microsoft.keyvault/vaults/simulator/secrets/{name.lower()}'\r\n"
+                "Assignment: (not found)\r\nDenyAssignmentId: null\r\nDecisionReason: 'DeniedWithNoValidRBAC' \r\n"
+                "Vault: simulator;location=local\r\n",
                 inner="ForbiddenByRbac",
             )
         if version is None:
@@ -168,7 +193,7 @@ class KeyVaultService:
             "tags": {},
         }
 
-    def _principal(self, authorization: str | None) -> str | None:
+    def _caller(self, authorization: str | None) -> _Caller | None:
         scheme, _, value = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return None

@@ -4,7 +4,8 @@
 webhook triggers; ``deliver()`` POSTs every due notification (a blob that has become available on
 the simulator's clock since the webhook was registered and has not been acknowledged with a 200) in
 batches, with the behaviours a receiver must survive: retries with exponential backoff in simulator
-time, duplicates, out-of-order delivery, and disabling after repeated failures (``/start`` re-enables).
+time, duplicates, out-of-order delivery, disabling after repeated failures (``/start`` re-enables), and
+expiry: a webhook whose ``expiration`` passes on the simulator's clock turns ``expired`` and goes quiet.
 
 The outbound client trusts the simulator's own CA (and ``PushOptions.extra_ca_file``) and only ever
 connects to loopback addresses: a webhook elsewhere fails validation, so tests never leave the machine.
@@ -29,7 +30,7 @@ import orjson
 
 from .data import SimBlob
 from .store import Store
-from .times import Clock, format_content_time
+from .times import Clock, format_content_time, parse_query_time
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,25 @@ def is_loopback_https(address: str) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() == "https" and (parts.hostname or "").lower() in LOOPBACK_HOSTS
+
+
+def webhook_expired(webhook: dict[str, Any] | None, now: dt.datetime) -> bool:
+    """True when an enabled webhook's ``expiration`` (as ``/start`` accepted it) has passed."""
+    if webhook is None or webhook.get("status") != "enabled" or not webhook.get("expiration"):
+        return False
+    expires = parse_query_time(str(webhook["expiration"]))
+    return expires is not None and expires <= now
+
+
+def expire_webhooks(store: Store, tenant_id: str, now: dt.datetime) -> list[str]:
+    """Mark the tenant's webhooks past their expiration ``expired`` ([REF] §2 status vocabulary); the
+    content types marked. An expired webhook gets no more notifications until a ``/start`` renews it."""
+    expired = [
+        str(sub["contentType"]) for sub in store.list_subscriptions(tenant_id) if webhook_expired(sub["webhook"], now)
+    ]
+    for content_type in expired:
+        store.set_webhook_status(tenant_id, content_type, "expired")
+    return expired
 
 
 @dataclass
@@ -160,6 +180,9 @@ class Pusher:
         webhook = sub.webhook if sub is not None else None
         # [REF]: a stopped subscription sends no notifications; a disabled webhook stops.
         if sub is None or sub.status != "enabled" or webhook is None or webhook.get("status") != "enabled":
+            return None
+        if webhook_expired(webhook, now):
+            self._store.set_webhook_status(tenant_id, content_type, "expired")
             return None
         if hook.next_attempt is not None and now < hook.next_attempt:
             return None

@@ -32,6 +32,7 @@ AF_MESSAGES: dict[str, str] = {
     "ActivityFeed.Read.",
     "AF20001": "Missing parameter: {0}.",
     "AF20002": "Invalid parameter type: {0}. Expected type: {1}",
+    "AF20003": "Expiration {0} provided is set to past date and time.",
     "AF20010": "The tenant ID passed in the URL ({0}) does not match the tenant ID passed in the access token ({1}).",
     "AF20011": "Microsoft.Office.Compliance.Audit.DataServiceException: Tenant {0} does not exist.",
     "AF20013": "The tenant ID passed in the URL ({0}) is not a valid GUID.",

@@ -43,6 +43,7 @@ from ..envparse import Environ, require_str
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..redaction import printable, redact
 from ..retry import RetryPolicy, parse_retry_after, retrying
+from ..sessions import EnvironmentOnceSession
 
 T = TypeVar("T")
 
@@ -178,7 +179,7 @@ class Target:
 
 def pooled_session() -> requests.Session:
     """A session that keeps a connection per concurrent send (one session serves every runner thread)."""
-    session = requests.Session()
+    session = EnvironmentOnceSession()
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_CONNECTIONS)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
