@@ -262,9 +262,13 @@ class Services:
         created: dt.datetime,
         seed: int = 1,
     ) -> None:
+        self._start(_services_main, (blobs, created, seed))
+
+    def _start(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Fork ``target(conn, *args)``; it answers with the endpoints, then serves "stats" until "stop"."""
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_services_main, args=(child, blobs, created, seed), daemon=True)
+        self._process = context.Process(target=target, args=(child, *args), daemon=True)
         self._process.start()
         self.endpoints: Endpoints = self._conn.recv()
 

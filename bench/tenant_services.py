@@ -9,7 +9,6 @@ they measure the collector. Each tenant has its own app registration, its secret
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import multiprocessing
 import multiprocessing.connection
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from bench.harness import Endpoints, FastReceiver, ReceiverStats
+from bench.harness import Endpoints, FastReceiver, Services
 from bench.workload import BlobBody, make_blobs
 from o365collector.models import CONTENT_TYPES
 from o365collector.simulator import Simulator, SimulatorConfig, TenantSpec
@@ -96,26 +95,10 @@ def _serve(
     conn.send(None)
 
 
-class TenantServices:
+class TenantServices(Services):
     """``harness.Services`` for several tenants: the simulator serving each tenant's blobs, and a receiver."""
 
     def __init__(
         self, tenants: Sequence[TenantSpec], blobs: Sequence[TenantBlob], *, created: dt.datetime, seed: int = 1
     ) -> None:
-        context = multiprocessing.get_context("fork")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, tenants, blobs, created, seed), daemon=True)
-        self._process.start()
-        self.endpoints: Endpoints = self._conn.recv()
-
-    def stats(self) -> tuple[ReceiverStats, dict[str, int], dict[str, int]]:
-        """(receiver stats, successful fetches per content id, API requests per route)."""
-        self._conn.send("stats")
-        stats: tuple[ReceiverStats, dict[str, int], dict[str, int]] = self._conn.recv()
-        return stats
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            self._conn.send("stop")
-            self._conn.recv()
-        self._process.join(10)
+        self._start(_serve, (tenants, blobs, created, seed))

@@ -9,8 +9,9 @@
   and 401 (wrong or missing ``Webhook-AuthID``), with the last one's time and reason. Read-modify-write
   under the ETag (Table Storage has no atomic counter), a few attempts, then given up: counts are advisory;
 - a **webhook row** per stream (PartitionKey ``_webhook``, RowKey ``state|<tenant>|<content type>``): the
-  webhook's state (enabled/disabled/expired/none) as ``subscriptions list|start`` and ``check`` last read it
-  from the service, so ``status`` shows it without calling the API.
+  webhook's state (enabled/disabled/expired/none) as ``subscriptions list|start`` last read it from the
+  service, so ``status`` shows it without calling the API (``check`` reads the service itself and records
+  nothing).
 
 Only push mode writes here; everything is advisory and never gates the work. Rows are not pruned yet:
 ``status`` counts the blobs created within the API's 7-day retention.
@@ -30,6 +31,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from .models import utc
 from .redaction import summary
+from .storage import ensure_table
 
 RECEIVER_PARTITION = "_webhook"  # never a tenant id: those are GUIDs
 REFUSED_ROW = "refused"
@@ -108,10 +110,7 @@ class ArrivalStore:
         self._table = table
 
     def ensure_table(self) -> None:
-        try:
-            self._table.create_table()
-        except ResourceExistsError:
-            pass
+        ensure_table(self._table)
 
     # -- per blob -------------------------------------------------------------------------------
 

@@ -237,7 +237,7 @@ class StreamLeases:
             current = str(entity.get("Holder") or "")
             until = entity.get("Until")
             live = isinstance(until, dt.datetime) and utc(until) > now
-            if handed and current != handed:
+            if handed and current not in (handed, holder):  # holder: this continuation's own redelivery
                 return None  # someone took the stream after the handover: their chain carries it on
             if live and current not in (handed, holder):  # the same holder: a redelivery of a dead delivery
                 return utc(until) if isinstance(until, dt.datetime) else now + length

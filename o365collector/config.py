@@ -419,7 +419,7 @@ def health_from_env(env: Environ) -> HealthPolicy:
 def _queue_name(env: Environ, name: str, default: str) -> str:
     value = (get_str(env, name) or default).lower()
     # Azure queue names: 3-63 chars, lower-case letters, digits and single hyphens; "-poison" must fit too.
-    ok = 3 <= len(value) <= 56 and value[0].isalnum() and value[-1].isalnum() and "--" not in value
+    ok = 3 <= len(value) <= 56 and value.isascii() and value[0].isalnum() and value[-1].isalnum() and "--" not in value
     if not ok or not all(c.isalnum() or c == "-" for c in value):
         raise ConfigError(name, f"{value!r} is not a valid queue name (3-56 lower-case letters, digits, hyphens)")
     return value
@@ -432,7 +432,8 @@ def _optional_table_name(env: Environ, name: str) -> str | None:
 
 def _table_name(env: Environ, name: str, default: str) -> str:
     value = get_str(env, name) or default
-    if not (3 <= len(value) <= 63 and value[0].isalpha() and value.isalnum()):
+    # isascii: str.isalnum() accepts any script's letters, Azure only ASCII ones.
+    if not (3 <= len(value) <= 63 and value.isascii() and value[0].isalpha() and value.isalnum()):
         raise ConfigError(
             name, f"{value!r} is not a valid table name (3-63 letters and digits, starting with a letter)"
         )

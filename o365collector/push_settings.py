@@ -48,7 +48,7 @@ class PushSettings:
                     AUTH_ID_SETTING, "must be printable ASCII without spaces (it travels in an HTTP header)"
                 )
         table = get_str(env, ARRIVAL_TABLE_SETTING) or DEFAULT_ARRIVAL_TABLE
-        if not (3 <= len(table) <= 63 and table[0].isalpha() and table.isalnum()):
+        if not (3 <= len(table) <= 63 and table.isascii() and table[0].isalpha() and table.isalnum()):
             raise ConfigError(
                 ARRIVAL_TABLE_SETTING,
                 f"{table[:40]!r} is not a valid table name (3-63 letters and digits, starting with a letter)",

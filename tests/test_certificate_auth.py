@@ -9,10 +9,13 @@ from the simulator, the records go to a loopback receiver: the whole pipeline ru
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import jwt
 import orjson
@@ -23,10 +26,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from o365collector.certificate_expiry import certificate_expiries, expiry_verdict, report_certificate_expiry
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
 from o365collector.simulator.assertions import JWT_BEARER, thumbprints
+from o365collector.tenants import tenants_from_env
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, now
 
@@ -187,3 +192,53 @@ def test_the_token_endpoint_checks_each_part_of_a_certificate_assertion(
     else:
         assert answer.status_code == 401
         assert answer.json()["error_description"].startswith(code)
+
+
+ENDS = dt.datetime(2027, 6, 30, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("left", "expected"),
+    [
+        (dt.timedelta(0), "expired on 2027-06-30 12:00Z"),  # the end instant itself: sign-in already fails
+        (dt.timedelta(days=30), "expires in 30 days, on"),  # exactly the warning: warned
+        (dt.timedelta(days=30, seconds=1), None),
+        (dt.timedelta(days=1, hours=12), "expires in 1 day, on"),
+        (dt.timedelta(hours=12), "expires today, on"),
+    ],
+)
+def test_the_certificate_verdict_at_each_edge(left: dt.timedelta, expected: str | None) -> None:
+    verdict = expiry_verdict("certificate 'x.pem'", ENDS, "renew it", dt.timedelta(days=30), ENDS - left)
+    if expected is None:
+        assert verdict is None
+        return
+    assert verdict is not None
+    assert verdict[0] is (left <= dt.timedelta(0))
+    assert verdict[1].startswith(f"certificate 'x.pem' {expected}"), verdict[1]
+
+
+def test_each_certificate_file_is_read_once_and_ends_with_its_earliest_certificate(tmp_path: Path) -> None:
+    key, leaf = make_certificate(valid_for=dt.timedelta(days=100))
+    _, chain = make_certificate(valid_for=dt.timedelta(days=5))  # the chain ends first: so does sign-in
+    pem = tmp_path / "app.pem"
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    pem.write_bytes(private + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, chain)))
+    env = {"O365_TENANT_ID": TID, "O365_CLIENT_ID": TENANT.client_id, "O365_CLIENT_CERTIFICATE_PATH": str(pem)}
+    (first,) = tenants_from_env(env, sink_names=None)
+    second = dataclasses.replace(first, tenant_id="c2000000-0000-4000-8000-000000000002")  # the same file
+    assert [(t.tenant_id, ends) for t, _, ends in certificate_expiries([first, second])] == [
+        (TID, chain.not_valid_after_utc)
+    ]
+
+    report = SimpleNamespace(checked_at=now(), policy=SimpleNamespace(secret_expiry_warning=dt.timedelta(days=30)),
+                             general_problems=[], general_degraded=[])  # fmt: skip
+    report_certificate_expiry(cast(Any, report), [first])
+    assert report.general_problems == []
+    assert len(report.general_degraded) == 1
+    report = SimpleNamespace(checked_at=chain.not_valid_after_utc, policy=report.policy, general_problems=[],
+                             general_degraded=[])  # fmt: skip
+    report_certificate_expiry(cast(Any, report), [first])
+    assert report.general_degraded == []
+    assert len(report.general_problems) == 1
+    assert "expired on" in report.general_problems[0]

@@ -31,8 +31,10 @@ from o365collector.diagnose import (
 from o365collector.models import CONTENT_TYPES
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
+from o365collector.simulator.keyvault import PKCS12
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
+from tests.test_keyvault_certificate import IDENTITY, PRINCIPAL, import_registered
 
 OTHER = "22222222-3333-4444-8555-666666666666"
 NOT_A_TENANT = "99999999-2222-4333-8444-555555555555"
@@ -375,3 +377,35 @@ def test_a_single_tenant_certificate_is_checked_before_sign_in(
         assert "expires 20" in step.detail  # the expiry date is shown
         assert step.passed
         assert steps["token"].verdict is not Verdict.SKIP
+
+
+def test_a_key_vault_certificate_past_its_end_fails_its_step_and_no_sign_in_is_tried(
+    simulator: Simulator, make_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulator.identity.add_managed_identity(IDENTITY)
+    for name, value in simulator.identity.environment().items():
+        monkeypatch.setenv(name, value)
+    simulator.key_vault.grant_secrets_user(PRINCIPAL)
+    import_registered(simulator, PKCS12, valid_for=-dt.timedelta(minutes=5))
+    steps = run(
+        make_env(O365_CERTIFICATE_NAME="app-cert", O365_CERTIFICATE_KEY_VAULT_URI=simulator.key_vault_url,
+                 O365_CLIENT_SECRET="", AZURE_CLIENT_ID=IDENTITY.client_id)
+    )  # fmt: skip
+    assert steps["certificate"].verdict is Verdict.FAIL
+    assert "expired on" in steps["certificate"].detail
+    assert (steps["token"].verdict, steps["token"].detail) == (Verdict.SKIP, "needs a usable certificate")
+    assert steps["permissions"].verdict is Verdict.SKIP
+
+
+def test_push_mode_without_a_webhook_fails_the_webhook_step_with_the_command_that_sets_it(
+    make_env: EnvFactory,
+) -> None:
+    """Subscriptions started without a webhook: polling works, but push mode (O365_WEBHOOK_AUTH_ID) gets nothing."""
+    env = make_env(O365_WEBHOOK_AUTH_ID="push-" + "0f1e2d3c" * 5, O365_CONTENT_TYPES="Audit.Exchange")
+    steps = [s for s in diagnose(env, confirm=lambda _question: False) if s.name == "webhook"]
+    assert [s.verdict for s in steps] == [Verdict.FAIL]
+    assert "Audit.Exchange: no push webhook set" in steps[0].detail
+    assert "subscriptions start --content-type Audit.Exchange --webhook" in steps[0].detail
+    assert not [s for s in diagnose(make_env(), confirm=lambda _question: False) if s.name == "webhook"], (
+        "no webhook step when push mode is off and no subscription has a webhook"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any, cast
 
 import pytest
 from azure.data.tables import TableClient
@@ -16,6 +17,8 @@ from o365collector.checkpoints import (
     ClaimStatus,
     Ledger,
     RecentBlobs,
+    StreamLease,
+    StreamLeases,
 )
 from o365collector.models import FetchTask
 
@@ -35,6 +38,13 @@ def task(content_id: str = "2026112212$abc$audit_exchange$Audit_Exchange$emea000
     return FetchTask(
         TID, "Audit.Exchange", content_id, f"https://x/audit/{content_id}", NOW, NOW + dt.timedelta(days=7)
     )
+
+
+def stored(ledger: Ledger, fetch: FetchTask) -> dict[str, Any]:
+    """The ledger row of ``fetch``, which must exist."""
+    row = ledger.get(fetch)
+    assert row is not None
+    return row
 
 
 def test_recent_blobs_round_trip_and_prune() -> None:
@@ -141,7 +151,7 @@ def test_ledger_claim_then_done_then_skip(table: TableClient) -> None:
     ledger.mark_done(claim, 12, NOW)
     assert ledger.claim(task(), "msg-1", NOW, LEASE).status is ClaimStatus.DONE
     assert ledger.claim(task(), "msg-2", NOW, LEASE).status is ClaimStatus.DONE
-    assert ledger.get(task())["Records"] == 12
+    assert stored(ledger, task())["Records"] == 12
 
 
 def test_a_duplicate_message_does_not_take_a_live_claim(table: TableClient) -> None:
@@ -155,7 +165,7 @@ def test_the_redelivered_message_takes_over_its_own_claim_after_a_crash(table: T
     ledger.claim(task(), "msg-1", NOW, LEASE)  # ...and the worker dies here
     again = ledger.claim(task(), "msg-1", NOW + dt.timedelta(seconds=40), LEASE)
     assert again.status is ClaimStatus.CLAIMED
-    assert ledger.get(task())["Attempts"] == 2
+    assert stored(ledger, task())["Attempts"] == 2
 
 
 def test_an_expired_claim_can_be_taken_by_any_delivery(table: TableClient) -> None:
@@ -176,11 +186,106 @@ def test_lost_content_stays_lost(table: TableClient) -> None:
     claim = ledger.claim(task(), "msg-1", NOW, LEASE)
     ledger.mark_lost(claim, "AF20051 expired", NOW)
     assert ledger.claim(task(), "msg-1", NOW, LEASE).status is ClaimStatus.LOST
-    assert "AF20051" in ledger.get(task())["Error"]
+    assert "AF20051" in stored(ledger, task())["Error"]
 
 
 def test_content_ids_with_any_characters_are_keyed_safely(table: TableClient) -> None:
     ledger = Ledger(table)
     odd = task("a/b\\c#d?e$f\tg")
     assert ledger.claim(odd, "m", NOW, LEASE).status is ClaimStatus.CLAIMED
-    assert ledger.get(odd)["ContentId"] == "a/b\\c#d?e$f\tg"
+    assert stored(ledger, odd)["ContentId"] == "a/b\\c#d?e$f\tg"
+
+
+# -- stream leases (who lists a stream now) ----------------------------------------------------------------------
+
+LISTING = dt.timedelta(seconds=30)  # a stream lease's length
+
+
+def leased(got: StreamLease | dt.datetime | None) -> StreamLease:
+    assert isinstance(got, StreamLease), got
+    return got
+
+
+def test_a_stream_lease_keeps_other_deliveries_out_until_it_lapses(table: TableClient) -> None:
+    leases = StreamLeases(table)
+    first = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
+    assert (first.holder, first.until) == ("list:a", NOW + LISTING)
+    busy = leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING / 2, LISTING)
+    assert busy == NOW + LISTING, "busy until then"
+    assert leased(leases.acquire(TID, "DLP.All", "list:b", NOW, LISTING)).holder == "list:b", "streams are separate"
+    assert leased(leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING, LISTING)).holder == "list:b", "lapsed"
+
+
+def test_a_redelivered_list_message_takes_back_its_own_live_lease(table: TableClient) -> None:
+    """The delivery died holding the lease: its redelivery (same message id) must not wait for the lease."""
+    leases = StreamLeases(table)
+    leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
+    again = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW + H / 3600, LISTING))
+    assert again.until == NOW + H / 3600 + LISTING
+
+
+def test_a_renewal_extends_a_lease_still_held_and_fails_once_another_took_it(table: TableClient) -> None:
+    leases = StreamLeases(table)
+    lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
+    renewed = leases.renew(lease, NOW + 2 * LISTING)
+    assert renewed is not None
+    assert (renewed.holder, renewed.until) == ("list:a", NOW + 2 * LISTING)
+    assert leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING, LISTING) == NOW + 2 * LISTING, "renewed: busy"
+    taken = leased(leases.acquire(TID, "Audit.Exchange", "list:b", NOW + 3 * LISTING, LISTING))  # a stall: it lapsed
+    assert leases.renew(renewed, NOW + 4 * LISTING) is None, "taken over: the stale holder learns it"
+    assert leases.hand_over(renewed, "continuation:x", NOW + 4 * LISTING) is None
+    leases.release(renewed, NOW + 3 * LISTING)  # a stale release changes nothing
+    assert leases.acquire(TID, "Audit.Exchange", "list:c", NOW + 3 * LISTING, LISTING) == taken.until
+
+
+def test_a_released_lease_is_free_at_once(table: TableClient) -> None:
+    leases = StreamLeases(table)
+    lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
+    leases.release(lease, NOW + LISTING / 3)
+    assert leased(leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING / 3, LISTING)).holder == "list:b"
+
+
+def test_a_handed_lease_is_taken_only_by_its_continuation_and_a_superseded_one_is_dropped(table: TableClient) -> None:
+    leases = StreamLeases(table)
+    lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
+    handed = leases.hand_over(lease, "continuation:1", NOW + LISTING)
+    assert handed is not None
+    assert handed.holder == "continuation:1"
+    # The schedule's next message for the tenant: the stream is the continuation's, no second chain.
+    assert leases.acquire(TID, "Audit.Exchange", "list:next", NOW, LISTING) == NOW + LISTING
+    own = leased(leases.acquire(TID, "Audit.Exchange", "list:c", NOW, LISTING, handed="continuation:1"))
+    assert own.holder == "list:c"
+    # The continuation's delivery died listing: its redelivery (same message id) takes the stream back.
+    again = leased(leases.acquire(TID, "Audit.Exchange", "list:c", NOW + LISTING / 3, LISTING, handed="continuation:1"))
+    assert again.until == NOW + LISTING / 3 + LISTING
+    # Another continuation of the same chain, redelivered after list:c took the stream over (even lapsed):
+    assert leases.acquire(TID, "Audit.Exchange", "list:d", NOW, LISTING, handed="continuation:1") is None
+    assert leases.acquire(TID, "Audit.Exchange", "list:d", NOW + 2 * LISTING, LISTING, handed="continuation:1") is None
+
+
+class RacingTable:
+    """A table on which another worker acts between this one's read of a lease row and its write."""
+
+    def __init__(self, table: TableClient, rival: str) -> None:
+        self._table = table
+        self._rival = rival
+        self.raced = False
+
+    def get_entity(self, *args: Any, **kwargs: Any) -> Any:
+        entity = self._table.get_entity(*args, **kwargs)
+        if not self.raced:
+            self.raced = True
+            leased(StreamLeases(self._table).acquire(TID, "Audit.Exchange", self._rival, NOW, LISTING))
+        return entity
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def test_of_two_workers_racing_for_a_lapsed_lease_one_wins(table: TableClient) -> None:
+    leased(StreamLeases(table).acquire(TID, "Audit.Exchange", "list:dead", NOW - 2 * LISTING, LISTING))
+    racing = RacingTable(table, "list:rival")
+    got = StreamLeases(cast(TableClient, racing)).acquire(TID, "Audit.Exchange", "list:late", NOW, LISTING)
+    assert racing.raced
+    assert got == NOW + LISTING, "the rival's write came first: the stream is busy"
+    assert table.get_entity(TID, "lease:Audit.Exchange")["Holder"] == "list:rival"

@@ -169,6 +169,81 @@ def test_a_duplicate_list_message_makes_no_api_call_while_the_lease_is_held_and_
     assert [s.blobs_enqueued for s in outcome.result.streams] == [len(simulator.blobs(TENANT.tenant_id))]
 
 
+def test_a_message_lists_only_the_types_it_names_frees_them_when_done_and_drops_what_is_not_its_own(
+    simulator: Simulator, make_collector: CollectorFactory
+) -> None:
+    for content_type in TYPES:
+        simulator.generate(
+            TENANT.tenant_id, content_type, now() - dt.timedelta(hours=5), now() - dt.timedelta(minutes=10),
+            blob_every=dt.timedelta(hours=1),
+        )  # fmt: skip
+    env = fanout(
+        O365_CONTENT_TYPES=",".join(TYPES),
+        O365_START_TIME=(now() - dt.timedelta(hours=6)).isoformat(),
+        O365_LIST_WINDOWS_PER_MESSAGE="100",  # every stream is finished in one message: nothing is handed on
+    )
+    collector = make_collector(**env)
+    exchange, dlp = TYPES
+    named = list_message(collector, ListMessage(TENANT.tenant_id, (dlp,)).to_message(), message_id="one")
+    assert [s.content_type for s in named.result.streams] == [dlp]
+    assert (named.busy, named.continued) == ({}, [])
+    assert collector.checkpoints.get(TENANT.tenant_id, exchange).cursor is None, "a type it did not name is untouched"
+
+    # Its leases were released, not left to lapse: the next message lists at once.
+    listed = simulator.stats.requests["list"]
+    every = list_message(collector, ListMessage(TENANT.tenant_id).to_message(), message_id="two")
+    assert every.busy == {}
+    assert sorted(s.content_type for s in every.result.streams) == sorted(TYPES)
+    assert simulator.stats.requests["list"] > listed
+
+    # A continuation whose handed lease another worker took over is dropped, and lists nothing.
+    other = collector.stream_leases.acquire(TENANT.tenant_id, exchange, "list:other", now(), dt.timedelta(minutes=5))
+    assert not isinstance(other, (dt.datetime, type(None)))
+    listed = simulator.stats.requests["list"]
+    gone = ListMessage(TENANT.tenant_id, (exchange,), "continuation:superseded").to_message()
+    late = list_message(collector, gone, message_id="three")
+    assert (late.superseded, late.busy, late.result.streams) == ([exchange], {}, [])
+    assert simulator.stats.requests["list"] == listed
+
+    # A tenant no longer configured: dropped, nothing listed.
+    unknown = list_message(collector, ListMessage(FLEET[0]).to_message(), message_id="four")
+    assert (unknown.tenant_id, unknown.result.streams, unknown.busy) == (FLEET[0], [], {})
+    assert simulator.stats.requests["list"] == listed
+
+
+def test_the_command_line_sends_a_busy_stream_again_visible_when_its_lease_lapses(
+    simulator: Simulator, make_collector: CollectorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = make_collector(**fanout(O365_CONTENT_TYPES=",".join(TYPES)))
+    exchange, dlp = TYPES
+    for content_type, hold in ((exchange, 10), (dlp, 4)):
+        lease = collector.stream_leases.acquire(
+            TENANT.tenant_id, content_type, "list:holder", now(), dt.timedelta(seconds=hold)
+        )
+        assert not isinstance(lease, (dt.datetime, type(None)))
+    sent: list[tuple[str, int | None]] = []
+
+    def record(body: str, visibility_timeout: int | None = None) -> None:
+        sent.append((body, visibility_timeout))
+
+    monkeypatch.setattr(collector.list_queue, "send_message", record)
+    outcome = list_message(collector, ListMessage(TENANT.tenant_id).to_message(), message_id="cli", wait_for_busy=True)
+    assert sorted(outcome.busy) == sorted(TYPES)
+    [(body, delay)] = sent
+    assert ListMessage.from_message(body) == ListMessage(TENANT.tenant_id, (exchange, dlp))
+    assert delay == 11, "visible a second after the later lease lapses"
+    assert sum(simulator.stats.requests.values()) == 0
+
+    sent.clear()  # a lease held far beyond its length (a clock ahead): wait at most one lease length
+    far = make_collector(clock=lambda: now() - dt.timedelta(minutes=10), **fanout(O365_CONTENT_TYPES=exchange))
+    monkeypatch.setattr(far.list_queue, "send_message", record)
+    list_message(far, ListMessage(TENANT.tenant_id).to_message(), message_id="cli-2", wait_for_busy=True)
+    assert [delay for _, delay in sent] == [31]
+    sent.clear()
+    list_message(collector, ListMessage(TENANT.tenant_id).to_message(), message_id="host")
+    assert sent == [], "the host drops busy streams: their holder lists them"
+
+
 def test_a_week_long_backfill_does_not_hold_back_the_small_tenants_first_pass(
     simulator: Simulator, make_collector: CollectorFactory
 ) -> None:

@@ -19,7 +19,7 @@ import pytest
 from azure.functions.queue import QueueMessage as HostQueueMessage
 from azure.functions.timer import TimerRequest
 
-from o365collector import runtime
+from o365collector import certificate_expiry, runtime, secret_expiry
 from o365collector.errors import ConfigError
 from o365collector.fetcher import FetchResult, Outcome
 from o365collector.health import health_response
@@ -231,3 +231,36 @@ def test_a_collector_that_cannot_read_its_state_answers_503_with_the_reason() ->
     # The reason names the setting at fault (an error-type prefix may lead it).
     assert problem.startswith("status unavailable: ")
     assert problem.endswith("AzureWebJobsStorage: is required")
+
+
+EXPIRES = dt.datetime(2027, 6, 30, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("before_expiry", "expected"),
+    [
+        (dt.timedelta(days=31), None),  # outside the 30-day warning: all is well
+        (dt.timedelta(days=30), (False, "in 30 days")),  # the warning starts on the day itself
+        (dt.timedelta(days=2), (False, "in 2 days")),
+        (dt.timedelta(days=1), (False, "in 1 day,")),
+        (dt.timedelta(hours=5), (False, "today")),
+        (dt.timedelta(0), (True, "expired on")),  # at the instant it ends, sign-in fails: unhealthy
+        (-DAY, (True, "expired on")),
+    ],
+)
+def test_secret_and_certificate_expiry_warn_within_the_window_and_fail_from_the_end(
+    before_expiry: dt.timedelta, expected: tuple[bool, str] | None
+) -> None:
+    now = EXPIRES - before_expiry
+    verdicts = [
+        secret_expiry.expiry_verdict(EXPIRES, 30 * DAY, now),
+        certificate_expiry.expiry_verdict("certificate 'app'", EXPIRES, "renew it", 30 * DAY, now),
+    ]
+    for verdict in verdicts:
+        if expected is None:
+            assert verdict is None
+        else:
+            assert verdict is not None
+            assert verdict[0] is expected[0], verdict
+            assert expected[1] in verdict[1], verdict

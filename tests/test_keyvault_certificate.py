@@ -8,6 +8,7 @@ vault token from the identity endpoint, and the vault authorizes the identity's 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable
@@ -15,17 +16,22 @@ from collections.abc import Callable
 import orjson
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+from o365collector.certificate_expiry import certificate_expiries
 from o365collector.config import Settings
 from o365collector.diagnose import Verdict, diagnose
-from o365collector.errors import ApiPermanentError
+from o365collector.errors import ApiPermanentError, ConfigError
 from o365collector.health import build_report
-from o365collector.keyvault_certificates import KeyVaultCertificateCredential
+from o365collector.keyvault_certificates import KeyVaultCertificateCredential, load_secret
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
+from o365collector.simulator.faults import Fault
 from o365collector.simulator.identity import ManagedIdentitySpec
-from o365collector.simulator.keyvault import PEM, PKCS12
+from o365collector.simulator.keyvault import PEM, PKCS12, certificate_secret
 from o365collector.tenant_config import KeyVaultCertificateConfig
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, now
@@ -230,3 +236,123 @@ def test_check_status_and_health_warn_ahead_of_the_certificates_end(
     assert report.state == "unhealthy"
     assert not any("app-cert" in w for w in report.general_degraded)
     assert any("expired on" in p and "sign-in fails until you renew it" in p for p in report.general_problems)
+    expired = {s.name: s for s in diagnose(make_env(**env))}["certificate"]
+    assert expired.verdict == Verdict.FAIL, expired.line()
+    assert "expired on" in expired.detail
+
+
+def test_a_failed_look_up_or_an_expired_version_is_looked_up_again_within_a_minute(
+    simulator: Simulator, make_env: Callable[..., dict[str, str]]
+) -> None:
+    """A failed look-up keeps the version in hand (it still signs) and retries a minute later, not an hour;
+    from the certificate's end instant sign-in stops, and a renewed version is picked up a minute later."""
+    simulator.key_vault.grant_secrets_user(PRINCIPAL)
+    import_registered(simulator, PKCS12, valid_for=dt.timedelta(days=1))
+    settings = Settings.from_env(
+        make_env(O365_CERTIFICATE_NAME="app-cert", O365_CERTIFICATE_KEY_VAULT_URI=simulator.key_vault_url,
+                 O365_CLIENT_SECRET="", O365_CERTIFICATE_REFRESH_MINUTES="30", AZURE_CLIENT_ID=IDENTITY.client_id)
+    )  # fmt: skip
+    tenant = settings.tenants[0]
+    assert isinstance(tenant.credential, KeyVaultCertificateConfig)
+    clock = [now()]
+    credential = KeyVaultCertificateCredential(
+        tenant, tenant.credential,
+        options={"authority": tenant.authority_host, "disable_instance_discovery": True}, clock=lambda: clock[0],
+    )  # fmt: skip
+    credential.get_token(SCOPE)
+    loaded = credential.certificate
+    assert loaded is not None
+    leaf = x509.load_pem_x509_certificates(loaded.pem)[0]
+    assert loaded.thumbprint == leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - as Entra shows it
+
+    simulator.faults.add(Fault("bare_404", route="any", count=1))  # the next request: the vault's look-up
+    clock[0] += dt.timedelta(minutes=31)
+    credential.get_token(SCOPE)
+    assert (credential.lookups, credential.certificate) == (2, loaded), "the version in hand still signs"
+    clock[0] += dt.timedelta(seconds=61)
+    credential.get_token(SCOPE)
+    assert credential.lookups == 3, "looked up again a minute after the failure"
+
+    clock[0] = loaded.not_after  # its end instant: no assertion signed with it any more
+    with pytest.raises(ApiPermanentError) as raised:
+        credential.get_token(SCOPE)
+    assert raised.value.code == "CertificateExpired"
+    renewed = import_registered(simulator, PKCS12)
+    clock[0] += dt.timedelta(seconds=61)
+    credential.get_token(SCOPE)
+    assert credential.certificate is not None
+    assert credential.certificate.version == renewed
+
+
+def pem_of(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def test_the_certificate_matching_the_key_leads_whatever_its_place_in_the_secret() -> None:
+    key, leaf = make_certificate()
+    _, other = make_certificate()  # a chain certificate listed before the leaf
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    for value, content_type in (
+        ((private + pem_of(other, leaf)).decode(), PEM),
+        (certificate_secret(key, leaf, PKCS12), None),  # no content type: base64 is PKCS#12
+    ):
+        pem, found = load_secret(value, content_type, where="w")
+        assert found == leaf
+        assert x509.load_pem_x509_certificates(pem)[0] == leaf, "azure-identity signs with the first certificate"
+        assert pem.startswith(private)
+
+
+def test_a_secret_without_a_usable_key_says_what_is_missing() -> None:
+    key, leaf = make_certificate()
+    _, other = make_certificate()
+    no_key = base64.b64encode(
+        pkcs12.serialize_key_and_certificates(b"c", None, leaf, None, serialization.NoEncryption())
+    ).decode()
+    with pytest.raises(ApiPermanentError, match="w: its secret holds no private key"):
+        load_secret(no_key, PKCS12, where="w")
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    with pytest.raises(ApiPermanentError, match="w: no certificate in its secret matches its private key"):
+        load_secret((private + pem_of(other)).decode(), PEM, where="w")
+
+
+def test_the_vault_is_read_as_azure_client_id_every_refresh_minutes(make_env: Callable[..., dict[str, str]]) -> None:
+    base = {"O365_CERTIFICATE_NAME": "app-cert", "O365_CERTIFICATE_KEY_VAULT_URI": "https://v.vault.azure.net",
+            "O365_CLIENT_SECRET": "", "AZURE_CLIENT_ID": IDENTITY.client_id}  # fmt: skip
+    credential = Settings.from_env(make_env(**base, O365_CERTIFICATE_REFRESH_MINUTES="1")).tenants[0].credential
+    assert isinstance(credential, KeyVaultCertificateConfig)
+    assert credential.identity_client_id == IDENTITY.client_id
+    assert credential.refresh == dt.timedelta(minutes=1)
+    with pytest.raises(ConfigError, match="O365_CERTIFICATE_REFRESH_MINUTES"):
+        Settings.from_env(make_env(**base, O365_CERTIFICATE_REFRESH_MINUTES="0"))
+    with pytest.raises(ConfigError, match="O365_CERTIFICATE_NAME: 'app_cert' is not a Key Vault certificate name"):
+        Settings.from_env(make_env(**base | {"O365_CERTIFICATE_NAME": "app_cert"}))
+
+
+def test_a_certificate_missing_from_the_vault_says_to_create_it(
+    simulator: Simulator, make_env: Callable[..., dict[str, str]]
+) -> None:
+    simulator.key_vault.grant_secrets_user(PRINCIPAL)  # allowed to read, but nothing imported under that name
+    settings = Settings.from_env(
+        make_env(O365_CERTIFICATE_NAME="app-cert", O365_CERTIFICATE_KEY_VAULT_URI=simulator.key_vault_url,
+                 O365_CLIENT_SECRET="", AZURE_CLIENT_ID=IDENTITY.client_id)
+    )  # fmt: skip
+    tenant = settings.tenants[0]
+    assert isinstance(tenant.credential, KeyVaultCertificateConfig)
+    with pytest.raises(ApiPermanentError, match=r"'app-cert' in Key Vault .* does not exist: create or import it"):
+        KeyVaultCertificateCredential(tenant, tenant.credential).load()
+
+
+def test_a_certificate_shared_by_tenants_is_read_once_for_its_expiry(
+    simulator: Simulator, receiver: HttpReceiver, make_env: Callable[..., dict[str, str]]
+) -> None:
+    simulator.key_vault.grant_secrets_user(PRINCIPAL)
+    import_registered(simulator, PKCS12)
+    entries = [{"tenantId": t, "clientId": TENANT.client_id, "credential": "keyvault:App-Cert"}
+               for t in (TID, "c2000000-0000-4000-8000-000000000002")]  # fmt: skip
+    env = keyvault_env(simulator, receiver, O365_TENANTS=orjson.dumps(entries).decode())
+    tenants = Settings.from_env(make_env(**env)).tenants
+    assert len(tenants) == 2
+    assert [t.tenant_id for t, _, _ in certificate_expiries(tenants)] == [TID]
+    assert simulator.key_vault.reads == 1

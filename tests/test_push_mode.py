@@ -23,6 +23,7 @@ import requests
 from o365collector import cli
 from o365collector.diagnose import Verdict, diagnose
 from o365collector.health import build_report
+from o365collector.push_status import push_lines
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator
@@ -242,6 +243,9 @@ def test_an_expired_webhook_is_flagged_by_check_with_the_command_that_renews_it(
     assert [s.verdict for s in steps] == [Verdict.FAIL]
     assert "push webhook expired (it expired" in steps[0].detail
     assert f"subscriptions start --content-type {TYPE} --webhook <URL>" in steps[0].detail
+    assert cli.main(["subscriptions", "list"]) == 0  # records the state status shows
+    assert f"{TYPE}: enabled; webhook expired" in capsys.readouterr().out
+    assert any("push webhook is expired" in d for d in build_report(collector).degraded)
 
     assert "webhook enabled" in start_webhook(listener, capsys)  # the command renews it, with no expiration
     assert [s.verdict for s in diagnose(env) if s.name == "webhook"] == [Verdict.OK]
@@ -270,3 +274,31 @@ def test_the_push_demo_in_certificate_mode_ships_everything_through_the_cli_list
         assert shipped == served > 0, f"{content_type}: {pair}"
     assert "webhook listener on https://localhost:" in output, "the CLI's WebhookServer served the webhook"
     assert "push mode: 3 of 3 fresh blobs notified by webhook and shipped" in result.stdout
+
+
+def test_status_has_no_push_part_when_push_mode_is_off(make_collector: Callable[..., Collector]) -> None:
+    report = build_report(make_collector(O365_CONTENT_TYPES=TYPE))
+    assert report.push is None
+    assert [s.push for s in report.streams] == [None]
+    assert push_lines(report) == []
+
+
+def test_status_counts_the_refused_webhook_requests_by_status(collector: Collector) -> None:
+    at = now()
+    for status in (400, 401, 400):
+        assert collector.arrivals.record_refused(status, f"reason {status}", at)
+    lines = push_lines(build_report(collector))
+    assert "webhook requests refused: 2 bad bodies (400), 1 wrong Webhook-AuthID (401); the last" in lines[-1]
+    assert lines[-1].endswith("reason 400")
+
+
+def test_an_unreadable_arrival_table_leaves_the_rest_of_status_standing(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(at: dt.datetime) -> None:
+        raise RuntimeError("storage is down")
+
+    monkeypatch.setattr(collector.arrivals, "counts", broken)
+    report = build_report(collector)
+    assert [s.content_type for s in report.streams] == [TYPE]
+    assert report.push is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
 from o365collector import cli, running
@@ -382,7 +384,7 @@ def test_a_slow_message_stays_invisible_while_its_neighbours_complete(
             renewals.append(str(getattr(message, "id", message)))
         return update(message, *args, **kwargs)  # type: ignore[arg-type]
 
-    collector.queue.update_message = counting_update  # type: ignore[method-assign]
+    collector.queue.update_message = counting_update  # type: ignore[method-assign, assignment]
 
     def handle(body: str, message_id: str, _count: int) -> FetchResult:
         if body != "slow":
@@ -410,7 +412,7 @@ def test_a_slow_message_stays_invisible_while_its_neighbours_complete(
 
 
 def test_a_failing_message_is_retried_then_poisoned_while_its_neighbours_wait_in_flight(
-    make_collector: CollectorFactory, azurite: Azurite
+    make_collector: CollectorFactory, azurite: Azurite, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two neighbours stay in flight until the bad message has failed maxDequeueCount (3) times: it is
     put back and received again while they run, then poisoned; they ship, each once."""
@@ -433,9 +435,13 @@ def test_a_failing_message_is_retried_then_poisoned_while_its_neighbours_wait_in
         finally:
             flight.leave()
 
-    drained = bare_runner(collector, handle).drain()
+    with caplog.at_level(logging.ERROR, logger="o365collector"):
+        drained = bare_runner(collector, handle).drain()
 
     assert (drained.count(Outcome.SHIPPED), drained.failures, drained.poisoned) == (2, 3, 1)
+    errors = [r.getMessage() for r in caplog.records if POISONED_MESSAGE in r.getMessage()]
+    assert len(errors) == 1, errors
+    assert "RuntimeError: attempt 3 failed" in errors[0], "poisoned on its last failure, naming its cause"
     assert sorted(c for b, c in flight.calls if b == "bad") == [1, 2, 3], "redelivered until maxDequeueCount"
     assert sorted(b for b, _ in flight.calls if b != "bad") == ["good1", "good2"], "the neighbours ran once"
     poison = raw_client(azurite, collector.settings.poison_queue).peek_messages(max_messages=32)
@@ -484,3 +490,207 @@ def test_the_runner_takes_batch_size_and_new_batch_threshold_from_host_json() ->
     defaults = QueueRunnerConfig()
     assert defaults.new_batch_threshold is None, "derived from the batch size, as the host does"
     assert (defaults.batch_size, defaults.batch_size // 2) == (queues["batchSize"], queues["newBatchThreshold"])
+
+
+def counting_receives(collector: Collector) -> list[int]:
+    """The number of messages asked for by each receive call on the collector's content queue."""
+    asked: list[int] = []
+    receive = collector.queue.receive_messages
+
+    def spy(*args: object, **kwargs: object) -> object:
+        asked.append(int(kwargs["max_messages"]))  # type: ignore[call-overload]
+        return receive(*args, **kwargs)  # type: ignore[arg-type]
+
+    collector.queue.receive_messages = spy  # type: ignore[method-assign, assignment]
+    return asked
+
+
+def test_the_next_batch_waits_until_in_flight_drops_to_half_the_batch_by_default(
+    make_collector: CollectorFactory,
+) -> None:
+    """batchSize 4, newBatchThreshold unset (the host's batchSize / 2 = 2). Handlers finish one at a time,
+    each after the runner has seen the one before it end: with 3 in flight the runner waits, and it receives
+    again only when 2 or fewer are in flight, so it never asks for fewer than 2 messages."""
+    collector = make_collector()
+    for n in range(8):
+        collector.queue.send_message(f"m{n}")
+    asked = counting_receives(collector)
+    entered: list[str] = []
+    seen = threading.Condition()
+    completed = 0
+
+    def handle(body: str, _id: str, _count: int) -> FetchResult:
+        with seen:
+            turn = len(entered)
+            entered.append(body)
+            if not seen.wait_for(lambda: completed >= turn, timeout=WAIT):
+                raise RuntimeError(f"handler {turn} was never let go")
+        return shipped()
+
+    def on_progress(result: DrainResult) -> None:
+        nonlocal completed
+        with seen:
+            completed = result.completed
+            seen.notify_all()
+
+    config = QueueRunnerConfig(visibility_timeout=dt.timedelta(0), max_dequeue_count=3, batch_size=4)
+    runner = QueueRunner(collector.queue, collector.poison_queue, handle, config, processing_lease=LEASE)
+    drained = runner.drain(on_progress=on_progress)
+
+    assert (drained.count(Outcome.SHIPPED), drained.failures, drained.completed) == (8, 0, 8)
+    assert asked[:3] == [4, 2, 2], f"the first receive fills every thread, the next ones the free threads: {asked}"
+    assert min(asked) >= 2, f"a batch was received with more than newBatchThreshold in flight: {asked}"
+
+
+def test_a_new_batch_threshold_above_the_batch_size_never_asks_for_no_messages(
+    make_collector: CollectorFactory,
+) -> None:
+    """newBatchThreshold at or above batchSize means 'refill whenever a thread is free', never 'receive 0'."""
+    collector = make_collector()
+    for n in range(5):
+        collector.queue.send_message(f"m{n}")
+    asked = counting_receives(collector)
+    config = QueueRunnerConfig(
+        visibility_timeout=dt.timedelta(0), max_dequeue_count=3, batch_size=2, new_batch_threshold=5
+    )
+    runner = QueueRunner(collector.queue, collector.poison_queue, lambda *_: shipped(), config, processing_lease=LEASE)
+    drained = runner.drain()
+
+    assert (drained.count(Outcome.SHIPPED), drained.completed) == (5, 5)
+    assert asked, "the runner received"
+    assert min(asked) >= 1, asked
+    assert max(asked) <= 2, asked
+
+
+def test_the_tally_adds_up_records_filtered_and_why_deliveries_wait(make_collector: CollectorFactory) -> None:
+    """The run's summary line comes from these sums: each message's records and filtered records, and the
+    latest deferral's reason (redacted) as the reason blobs wait."""
+    collector = make_collector()
+    for n in range(3):
+        collector.queue.send_message(f"m{n}")
+    collector.queue.send_message("deferred")
+
+    def handle(body: str, _id: str, _count: int) -> FetchResult:
+        if body == "deferred":
+            return FetchResult(Outcome.DEFERRED, reason="sink answered 503: try later")
+        return FetchResult(Outcome.SHIPPED, records=int(body[1:]) + 1, filtered=2)
+
+    drained = bare_runner(collector, handle).drain()
+
+    assert (drained.count(Outcome.SHIPPED), drained.deferred, drained.completed) == (3, 1, 4)
+    assert (drained.records, drained.filtered) == (1 + 2 + 3, 3 * 2)
+    assert drained.last_error == "sink answered 503: try later"
+    assert (drained.failures, drained.poisoned, drained.timed_out, drained.stopped) == (0, 0, False, False)
+
+
+def test_max_seconds_used_up_begins_nothing_and_says_it_timed_out(make_collector: CollectorFactory) -> None:
+    collector = make_collector()
+    for n in range(3):
+        collector.queue.send_message(f"m{n}")
+    handled: list[str] = []
+
+    def handle(body: str, _id: str, _count: int) -> FetchResult:
+        handled.append(body)
+        return shipped()
+
+    drained = bare_runner(collector, handle).drain(max_seconds=0)
+
+    assert drained.timed_out
+    assert (handled, drained.completed) == ([], 0)
+    assert collector.queue.get_queue_properties().approximate_message_count == 3
+
+
+def test_while_a_retry_waits_out_its_delay_the_idle_runner_says_when_it_is_visible_again(
+    make_collector: CollectorFactory,
+) -> None:
+    """A message failed once and put back for visibilityTimeout (2 s): each idle poll reports one waiting
+    message and when it comes back; then it ships, and the final tally waits for nothing."""
+    collector = make_collector()
+    collector.queue.send_message("flaky")
+    config = QueueRunnerConfig(visibility_timeout=dt.timedelta(seconds=2), max_dequeue_count=3)
+    idle: list[DrainResult] = []
+
+    def handle(_body: str, _id: str, count: int) -> FetchResult:
+        if count == 1:
+            raise RuntimeError("first attempt fails")
+        return shipped()
+
+    started = dt.datetime.now(dt.UTC)
+    runner = QueueRunner(collector.queue, collector.poison_queue, handle, config, processing_lease=LEASE)
+    drained = runner.drain(on_idle=idle.append)
+
+    assert (drained.count(Outcome.SHIPPED), drained.failures, drained.poisoned) == (1, 1, 0)
+    assert idle, "the runner polled while the message waited out its retry delay"
+    assert all(r.waiting == 1 and r.visible_again is not None for r in idle), idle
+    back = idle[0].visible_again
+    assert back is not None
+    assert started < back <= started + dt.timedelta(seconds=2 + WAIT)
+    assert (drained.waiting, drained.visible_again) == (0, None)
+
+
+def test_a_stop_between_receiving_and_beginning_begins_nothing_and_leaves_the_batch_visible(
+    make_collector: CollectorFactory, azurite: Azurite
+) -> None:
+    """Stop comes after the batch was received (``should_stop`` says go once, then stop): no message is begun,
+    and all of them are visible again at once for the next delivery."""
+    collector = make_collector()
+    for n in range(3):
+        collector.queue.send_message(f"m{n}")
+    asked = itertools.count()
+    handled: list[str] = []
+
+    def handle(body: str, _id: str, _count: int) -> FetchResult:
+        handled.append(body)
+        return shipped()
+
+    drained = bare_runner(collector, handle).drain(should_stop=lambda: next(asked) >= 1)
+
+    assert drained.stopped
+    assert (handled, drained.completed) == ([], 0)
+    left = list(raw_client(azurite, collector.settings.content_queue).receive_messages(max_messages=32))
+    assert sorted(decode_message(m.content) for m in left) == ["m0", "m1", "m2"], "visible again at once"
+
+
+def test_a_drain_stops_when_only_its_own_deferred_copies_are_left(make_collector: CollectorFactory) -> None:
+    """The handler deferred a delivery (a copy back on the queue, invisible for a minute): the drain does not
+    wait for it, and says one message is left for the next pass."""
+    collector = make_collector()
+    collector.queue.send_message("m0")
+    idle: list[DrainResult] = []
+
+    def handle(body: str, _id: str, _count: int) -> FetchResult:
+        collector.queue.send_message(body, visibility_timeout=60)  # as o365collector.deferral does
+        return FetchResult(Outcome.DEFERRED, reason="sink down")
+
+    drained = bare_runner(collector, handle).drain(on_idle=idle.append, should_stop=lambda: bool(idle))
+
+    assert not drained.stopped, "ended by itself, without waiting a poll for the deferred copy"
+    assert idle == []
+    assert (drained.deferred, drained.deferred_waiting, drained.completed) == (1, 1, 1)
+    assert (drained.waiting, drained.visible_again) == (0, None)
+
+
+def test_a_storage_error_in_a_worker_ends_the_drain_with_that_error(make_collector: CollectorFactory) -> None:
+    """A message that must be poisoned while the poison queue is gone: the drain raises (for a retry by the
+    caller) instead of reporting a clean pass, and the message is not lost."""
+    collector = make_collector()
+    collector.queue.send_message("unlucky")
+    collector.poison_queue.delete_queue()
+    config = QueueRunnerConfig(visibility_timeout=dt.timedelta(0), max_dequeue_count=1)
+
+    def handle(_body: str, _id: str, _count: int) -> FetchResult:
+        raise RuntimeError("fails for good")
+
+    runner = QueueRunner(collector.queue, collector.poison_queue, handle, config, processing_lease=LEASE)
+    with pytest.raises(HttpResponseError):
+        runner.drain(max_seconds=WAIT)  # bounded: swallowing the error would leave the message held
+    assert collector.queue.get_queue_properties().approximate_message_count == 1
+
+
+def test_a_processing_lease_beyond_the_queue_s_limit_is_capped_to_seven_days(make_collector: CollectorFactory) -> None:
+    collector = make_collector()
+    collector.queue.send_message("m0")
+    runner = QueueRunner(
+        collector.queue, collector.poison_queue, lambda *_: shipped(), CONCURRENT, processing_lease=dt.timedelta(days=8)
+    )
+    assert runner.drain().completed == 1

@@ -16,6 +16,7 @@ from o365collector import runtime
 from o365collector.config import health_from_env
 from o365collector.errors import ConfigError
 from o365collector.health import judge, render_table
+from o365collector.secret_expiry import expiry_verdict
 from o365collector.simulator import Simulator
 from o365collector.status_report import StatusReport
 from tests.support import EnvFactory
@@ -101,6 +102,7 @@ def test_no_date_no_warning() -> None:
         ("2027-06-30", EXPIRES_AT),
         ("2027-06-30T12:00:00Z", EXPIRES_AT + dt.timedelta(hours=12)),
         ("2027-06-30T12:00:00+02:00", EXPIRES_AT + dt.timedelta(hours=10)),
+        ("2027-06-30T12:00:00", EXPIRES_AT + dt.timedelta(hours=12)),  # no offset: UTC, as the portal shows
     ],
 )
 def test_the_date_is_read_as_written(value: str, expected: dt.datetime) -> None:
@@ -117,3 +119,24 @@ def test_the_date_is_read_as_written(value: str, expected: dt.datetime) -> None:
 def test_a_bad_value_names_its_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError, match=setting):
         health_from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("left", "warning_days", "expected"),
+    [
+        (dt.timedelta(0), 30, "expired on 2027-06-30"),  # the expiry instant itself: sign-in already fails
+        (dt.timedelta(days=30), 30, "expires in 30 days"),  # exactly the warning: warned
+        (dt.timedelta(days=30, seconds=1), 30, None),
+        (dt.timedelta(days=2, hours=12), 30, "expires in 2 days"),
+        (dt.timedelta(days=1, hours=12), 30, "expires in 1 day,"),
+        (dt.timedelta(hours=12), 30, "expires today"),
+    ],
+)
+def test_the_secret_verdict_at_each_edge(left: dt.timedelta, warning_days: int, expected: str | None) -> None:
+    verdict = expiry_verdict(EXPIRES_AT, dt.timedelta(days=warning_days), EXPIRES_AT - left)
+    if expected is None:
+        assert verdict is None
+        return
+    assert verdict is not None
+    assert verdict[0] is (left <= dt.timedelta(0))
+    assert expected in verdict[1], verdict[1]

@@ -11,21 +11,31 @@ federated credential's subject wrong) fails ``check`` with its code and the comm
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Callable
+from typing import cast
 
 import orjson
 import pytest
+from azure.core.credentials import AccessToken, TokenCredential
 
 from o365collector.diagnose import Step, Verdict, diagnose
 from o365collector.errors import ConfigError
+from o365collector.identity import (
+    ExchangeAssertion,
+    FederatedCredential,
+    missing_role_hint,
+    secretless_hint,
+    unverified_claims,
+)
 from o365collector.running import run_once
 from o365collector.runtime import Collector
 from o365collector.simulator import Simulator, TenantSpec
 from o365collector.simulator.identity import FederatedCredentialSpec, ManagedIdentitySpec, MultiTenantAppSpec
-from o365collector.tenant_config import FederatedCredentialConfig, ManagedIdentityCredentialConfig
+from o365collector.tenant_config import FederatedCredentialConfig, ManagedIdentityCredentialConfig, TenantConfig
 from o365collector.tenants import tenants_from_env
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory
@@ -204,6 +214,10 @@ def test_registry_entries_name_a_secretless_credential_and_need_no_secret(
         ({"O365_AUTH_MODE": "password"}, "O365_AUTH_MODE: unknown value 'password'"),
         ({"O365_AUTH_MODE": "federated"}, "O365_CLIENT_ID: "),
         ({"O365_AUTH_MODE": "managedIdentity", "AZURE_CLIENT_ID": "not-a-guid"}, "AZURE_CLIENT_ID: "),
+        (
+            {"O365_AUTH_MODE": "federated", "O365_CLIENT_ID": APP, "O365_TOKEN_EXCHANGE_AUDIENCE": "api://A B"},
+            "O365_TOKEN_EXCHANGE_AUDIENCE: 'api://A B' is not a token exchange audience",
+        ),
     ],
 )
 def test_a_bad_auth_setting_is_named(settings: dict[str, str], message: str) -> None:
@@ -222,3 +236,102 @@ def test_certificate_mode_without_a_certificate_names_the_certificate_settings(s
     assert "O365_CLIENT_CERTIFICATE_PATH: is required when O365_AUTH_MODE is certificate" in message
     assert "or set O365_CERTIFICATE_NAME" in message
     assert "O365_CLIENT_SECRET" not in message, "a secret is not what certificate mode needs"
+
+
+def secretless_tenant(mode: str) -> TenantConfig:
+    env = {"O365_TENANT_ID": CUSTOMERS[0], "O365_AUTH_MODE": mode, "O365_CLIENT_ID": APP,
+           "AZURE_CLIENT_ID": IDENTITY.client_id}  # fmt: skip
+    (tenant,) = tenants_from_env(env, sink_names=None)
+    return tenant
+
+
+def jwt_text(claims: object) -> str:
+    body = base64.urlsafe_b64encode(orjson.dumps(claims)).decode().rstrip("=")
+    return f"eyJhbGciOiJSUzI1NiJ9.{body}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (jwt_text({"sub": "s", "iss": "i"}), {"sub": "s", "iss": "i"}),
+        (jwt_text({"sub": "x"}).rsplit(".", 1)[0], {}),  # two parts: not a JWT
+        (jwt_text({"sub": "x"}) + ".extra", {}),  # four parts: not a JWT either
+        (jwt_text(["sub", "x"]), {}),  # a JSON list, not claims
+        ("a.!!!.c", {}),
+        ("a.bm90IGpzb24.c", {}),  # "not json"
+    ],
+)
+def test_only_a_three_part_token_with_a_json_object_yields_claims(token: str, expected: dict[str, object]) -> None:
+    assert unverified_claims(token) == expected
+
+
+def test_the_wrong_subject_hint_names_the_tokens_subject_not_its_object_id() -> None:
+    tenant = secretless_tenant("federated")
+    assert isinstance(tenant.credential, FederatedCredentialConfig)
+
+    class NoIdentity:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            raise AssertionError("not asked in this test")
+
+    assertion = ExchangeAssertion(cast(TokenCredential, NoIdentity()), tenant.credential.token_exchange_audience)
+    assertion.claims = {"iss": "https://issuer.example/v2.0", "sub": "the-subject", "oid": "the-object", "aud": "a"}
+    credential = FederatedCredential(tenant.tenant_id, APP, assertion, authority="https://127.0.0.1")
+    hint = secretless_hint(tenant, "AADSTS70021: No matching federated identity record found", credential)
+    assert hint is not None
+    assert "(issuer https://issuer.example/v2.0, subject the-subject, audience a)" in hint
+    assert f"--app-id {APP} --identity the-subject`" in hint
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "expected"),
+    [
+        ("federated", "AADSTS700016: Application not found in the directory", "AADSTS700016: the app"),
+        ("managedIdentity", "AADSTS700016: Application not found in the directory", None),
+        ("managedIdentity", "ManagedIdentityCredential: no managed identity endpoint found", "the managed identity ("),
+        ("federated", "IDENTITY_ENDPOINT did not answer", "the managed identity (AZURE_CLIENT_ID"),
+        ("federated", "AADSTS50000: the managed identity token was refused", None),  # Entra's answer: not ours
+        ("federated", "connection reset", None),
+    ],
+)
+def test_secretless_hints_match_the_mode_and_the_failure(mode: str, text: str, expected: str | None) -> None:
+    hint = secretless_hint(secretless_tenant(mode), text)
+    if expected is None:
+        assert hint is None
+    else:
+        assert (hint or "").startswith(expected), hint
+
+
+@pytest.mark.parametrize(
+    ("mode", "role", "dlp"),
+    [
+        ("managedIdentity", "ActivityFeed.Read", False),
+        ("managedIdentity", "ActivityFeed.ReadDlp", True),
+        ("federated", "ActivityFeed.ReadDlp", False),  # the app registration's roles: no grant script flag
+    ],
+)
+def test_the_missing_role_hint_asks_for_the_dlp_role_only_when_it_is_missing(mode: str, role: str, dlp: bool) -> None:
+    hint = missing_role_hint(secretless_tenant(mode), role)
+    assert hint is not None
+    assert role in hint
+    assert ("--dlp" in hint) is dlp
+
+
+def test_the_identity_azure_client_id_names_signs_in_when_the_app_has_several(
+    identity: Simulator, make_env: EnvFactory
+) -> None:
+    """App Service may host several identities; without the client id the endpoint would not know which one."""
+    other = ManagedIdentitySpec("0d0d0d0d-1111-4222-8333-444444444444", "0e0e0e0e-5555-4666-8777-888888888888",
+                                IDENTITY.tenant_id, roles=())  # fmt: skip
+    identity.identity.add_managed_identity(other)
+    steps = run_check(make_env(**managed_env()))
+    assert all(s.verdict is Verdict.OK for s in steps.values()), [s.line() for s in steps.values()]
+
+
+@pytest.mark.parametrize(
+    ("cloud", "audience"), [("", "api://AzureADTokenExchange"), ("gcchigh", "api://AzureADTokenExchangeUSGov")]
+)
+def test_the_single_tenant_settings_sign_in_federated_with_the_clouds_audience(cloud: str, audience: str) -> None:
+    env = {"O365_TENANT_ID": CUSTOMERS[0], "O365_AUTH_MODE": "federated", "O365_CLIENT_ID": APP,
+           "AZURE_CLIENT_ID": IDENTITY.client_id, "O365_CLOUD": cloud}  # fmt: skip
+    (tenant,) = tenants_from_env(env, sink_names=None)
+    assert tenant.credential == FederatedCredentialConfig(APP, IDENTITY.client_id, audience)

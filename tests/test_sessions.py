@@ -88,3 +88,37 @@ def test_explicit_proxies_win_and_trust_env_off_ignores_the_environment(proxy: P
         assert session.merge_environment_settings(TARGET, {}, None, None, None)["proxies"] == {}
     finally:
         session.close()
+
+
+# One environment, one session, calls in turn (so the per-origin memory is in play): each answer must be the
+# one a plain requests.Session gives. (url, request proxies, stream, verify, cert)
+SAME_AS_REQUESTS: list[tuple[str, dict[str, str] | None, bool | None, bool | str | None, str | None]] = [
+    (TARGET, {}, None, None, None),
+    ("http://skipped.invalid/x", {}, None, None, None),  # another origin, listed in NO_PROXY
+    (TARGET, {"no_proxy": "collector-test.invalid"}, None, None, None),  # the request's own no_proxy
+    (TARGET, {}, None, True, None),  # verify=True takes REQUESTS_CA_BUNDLE
+    (TARGET, {}, True, False, None),  # verify=False stays off; stream as asked
+    (TARGET, {}, None, "/etc/own-ca.pem", "/etc/client.pem"),  # explicit verify and cert win
+    (TARGET, None, None, None, None),
+]
+
+
+def test_merged_settings_are_those_requests_would_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy", "no_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://env-proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "skipped.invalid")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/env-ca.pem")
+    ours, theirs = o365collector.sessions.EnvironmentOnceSession(), requests.Session()
+    for session in (ours, theirs):
+        session.proxies = {"https": "http://session-proxy.invalid:3128"}
+    try:
+        for url, proxies, stream, verify, cert in SAME_AS_REQUESTS:
+            got = ours.merge_environment_settings(url, dict(proxies or {}) if proxies is not None else None,
+                                                  stream, verify, cert)  # fmt: skip
+            want = theirs.merge_environment_settings(url, dict(proxies or {}) if proxies is not None else None,
+                                                     stream, verify, cert)  # fmt: skip
+            assert got == want, (url, proxies, stream, verify, cert)
+    finally:
+        ours.close()
+        theirs.close()

@@ -39,6 +39,7 @@ CALLS_EACH = 30
 PER_MINUTE = 1200  # per second: 20 calls per instance (RateLimiter), and a 20-call shared budget per 1 s window
 QUOTA = 32  # per 1 s window at the simulator: above the shared budget (20), below three instances' pace (60)
 SLICE = 5
+PUBLISHER = "c0ffee00-aaaa-4bbb-8ccc-dddddddddddd"  # letters: its upper-case form differs
 
 
 @pytest.fixture
@@ -180,23 +181,83 @@ def test_a_spent_window_waits_for_the_next_and_an_unspent_slice_expires_with_its
 
     a = SharedPacing(table, per_minute=600, slice_size=4, window_seconds=1.0, clock=lambda: clock[0], sleep=sleep)
     b = SharedPacing(table, per_minute=600, slice_size=4, window_seconds=1.0, clock=lambda: clock[0], sleep=sleep)
-    pa, pb = a.pacer(TID), b.pacer(TID.upper())  # the publisher id is matched case-insensitively
-    # Budget 10 per window: a takes 4+4, b takes the last 2, then b must wait for the next window.
-    assert [pa.acquire() for _ in range(8)] == [0.0] * 8
+    pa, pb = a.pacer(PUBLISHER), b.pacer(f" {PUBLISHER.upper()}")  # the publisher id is matched case-insensitively
+    # Budget 10 per window: a claims 4+4 (and spends 7), b takes the last 2, then b must wait for the next window.
+    assert [pa.acquire() for _ in range(7)] == [0.0] * 7
     assert [pb.acquire() for _ in range(2)] == [0.0, 0.0]
     assert sleeps == []
     waited = pb.acquire()
     assert len(sleeps) == 1, "one sleep to the window's end (plus under 2% of a window at random), no polling"
     assert 0.75 < sleeps[0] <= 0.77
     assert waited == sleeps[0]
-    row = table.get_entity(PACING_PARTITION, ROW_PREFIX + TID.lower())
+    row = table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)
     assert (row["Window"], row["Used"]) == (1001, 4)
-    # a's slice of the old window is gone: it claims anew in this window instead of spending stale calls.
+    # a's unspent call of the old window is gone: it claims anew in this window instead of spending it.
     assert pa.acquire() == 0.0
-    assert table.get_entity(PACING_PARTITION, ROW_PREFIX + TID.lower())["Used"] == 8
+    assert table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)["Used"] == 8
     assert a.stats.claims == 3
     assert b.stats.claims == 2
     assert b.stats.waits == 1
+
+
+def test_a_slice_larger_than_the_window_budget_is_cut_to_the_budget(azurite: Azurite, pacing_table: str) -> None:
+    """O365_PACING_SLICE above a (shortened) window's budget: the first claim must not hand out more than it."""
+    table = TableClient.from_connection_string(azurite.connection_string, pacing_table)
+    table.create_table()
+    clock = [2000.5]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    pacing = SharedPacing(table, per_minute=180, slice_size=25, window_seconds=1.0, clock=lambda: clock[0], sleep=sleep)
+    assert (pacing.budget, pacing.slice_size) == (3, 3)
+    pacer = pacing.pacer(PUBLISHER)
+    assert [pacer.acquire() for _ in range(3)] == [0.0] * 3
+    row = table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)
+    assert (row["Window"], row["Used"]) == (2000, 3)
+    assert sleeps == []
+    assert pacer.acquire() > 0.0, "the fourth call of the window waits for the next"
+    assert len(sleeps) == 1
+
+
+def test_a_pacing_row_removed_under_a_pacer_is_created_again_without_degrading(
+    azurite: Azurite, pacing_table: str
+) -> None:
+    table = TableClient.from_connection_string(azurite.connection_string, pacing_table)
+    table.create_table()
+    pacing = SharedPacing(table, per_minute=600, slice_size=2, window_seconds=1.0, clock=lambda: 3000.5)
+    pacer = pacing.pacer(PUBLISHER)
+    assert [pacer.acquire() for _ in range(2)] == [0.0, 0.0]
+    table.delete_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)  # an operator cleaning the table, say
+    assert pacer.acquire() == 0.0
+    assert pacing.stats.degraded == 0
+    assert pacing.stats.conflicts == 1
+    row = table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)
+    assert (row["Window"], row["Used"]) == (3000, 2)
+
+
+def test_a_pacing_table_nobody_created_yet_is_created_by_the_first_claim(azurite: Azurite, pacing_table: str) -> None:
+    table = TableClient.from_connection_string(azurite.connection_string, pacing_table)
+    pacing = SharedPacing(table, per_minute=600, slice_size=2, window_seconds=1.0, clock=lambda: 4000.5)
+    assert pacing.pacer(PUBLISHER).acquire() == 0.0
+    assert pacing.stats.degraded == 0
+    assert pacing.stats.claims == 1
+    assert table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)["Used"] == 2
+
+
+def test_a_pacing_row_not_written_by_a_pacer_is_overwritten_with_a_fresh_window(
+    azurite: Azurite, pacing_table: str
+) -> None:
+    table = TableClient.from_connection_string(azurite.connection_string, pacing_table)
+    table.create_table()
+    table.create_entity({"PartitionKey": PACING_PARTITION, "RowKey": ROW_PREFIX + PUBLISHER, "Window": "soon"})
+    pacing = SharedPacing(table, per_minute=600, slice_size=2, window_seconds=1.0, clock=lambda: 5000.5)
+    assert pacing.pacer(PUBLISHER).acquire() == 0.0
+    assert pacing.stats.degraded == 0
+    row = table.get_entity(PACING_PARTITION, ROW_PREFIX + PUBLISHER)
+    assert (row["Window"], row["Used"]) == (5000, 2)
 
 
 def test_an_unreachable_pacing_table_degrades_to_local_pacing_with_one_warning(
