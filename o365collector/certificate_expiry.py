@@ -20,6 +20,7 @@ from .auth import build_credential, read_certificate
 from .config import HealthPolicy
 from .keyvault_certificates import KeyVaultCertificateCredential
 from .redaction import summary
+from .secret_expiry import ending_verdict
 from .tenant_config import CertificateCredentialConfig, KeyVaultCertificateConfig, TenantConfig
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,7 @@ def expiry_verdict(
     which: str, ends: dt.datetime, advice: str, warning: dt.timedelta, now: dt.datetime
 ) -> tuple[bool, str] | None:
     """``(expired, message)``: expired makes the collector unhealthy, otherwise degraded; None when all is well."""
-    day = f"{ends:%Y-%m-%d %H:%MZ}"
-    left = ends - now
-    if left <= dt.timedelta(0):
-        return True, f"{which} expired on {day}: sign-in fails until you {advice}"
-    if left <= warning:
-        days = left.days
-        when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
-        return False, f"{which} expires {when}, on {day}: {advice}"
-    return None
+    return ending_verdict(which, f"{ends:%Y-%m-%d %H:%MZ}", ends - now, advice, warning)
 
 
 def report_certificate_expiry(report: _Report, tenants: Sequence[TenantConfig]) -> None:

@@ -41,12 +41,21 @@ def expiry_verdict(expires: dt.datetime | None, warning: dt.timedelta, now: dt.d
     """``(expired, message)``: expired makes the collector unhealthy, otherwise degraded; None when all is well."""
     if expires is None:
         return None
-    left = expires - now
-    day = expires.date().isoformat()
+    day = f"{expires.date().isoformat()} ({EXPIRES_SETTING})"
+    return ending_verdict("the client secret", day, expires - now, ROTATE, warning)
+
+
+def ending_verdict(
+    which: str, day: str, left: dt.timedelta, advice: str, warning: dt.timedelta
+) -> tuple[bool, str] | None:
+    """A credential's verdict, ``left`` before its end on ``day``: ``(expired, message)`` or None when all is well.
+
+    Shared by client secrets and certificates, so both warn and fail at the same edges in the same words.
+    """
     if left <= dt.timedelta(0):
-        return True, f"the client secret expired on {day} ({EXPIRES_SETTING}): sign-in fails until you {ROTATE}"
+        return True, f"{which} expired on {day}: sign-in fails until you {advice}"
     if left <= warning:
         days = left.days
         when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
-        return False, f"the client secret expires {when}, on {day} ({EXPIRES_SETTING}): {ROTATE}"
+        return False, f"{which} expires {when}, on {day}: {advice}"
     return None
