@@ -44,6 +44,7 @@ from .fetcher import FetchResult, Outcome
 from .invocation import TiedThreadPool
 from .leases import Heartbeat
 from .lister import ListerResult, StreamResult
+from .models import sign_message, signature_problem
 from .queue_runner import DrainResult, QueueRunner
 from .redaction import printable
 from .runtime import Collector, collector, run_lister
@@ -120,7 +121,8 @@ def enqueue_listing(target: Collector, tenants: Iterable[TenantConfig] | None = 
     the SDK's own timeout and retries. A send that fails raises (after the others were tried): the timer
     run fails and the next one sends again; the messages already sent are harmless duplicates (leases).
     """
-    messages = [ListMessage(t.tenant_id).to_message() for t in (target.tenants() if tenants is None else tenants)]
+    chosen = target.tenants() if tenants is None else tenants
+    messages = [_signed(target, ListMessage(t.tenant_id).to_message()) for t in chosen]
     if not messages:
         return 0
     # Tied: a send's failure logged from the pool belongs to the timer's invocation.
@@ -136,6 +138,13 @@ def list_message(
     """List what one list message asks, under each stream's lease. ``wait_for_busy`` (the command line, which
     must list everything before it ships) sends the busy streams again, visible when their lease lapses;
     the host drops them instead: their holder lists them, or the next schedule's message does."""
+    key = target.settings.message_key
+    if key is not None:
+        # Signed like the content queue's messages: a forged list message is dropped before it can make a
+        # tenant list out of turn or hold its streams' leases.
+        problem = signature_problem(body, key.reveal().encode())
+        if problem is not None:
+            raise ListMessageError(f"list message refused: {problem}")
     message = ListMessage.from_message(body)
     outcome = ListOutcome(message.tenant_id)
     tenant = _tenant(target, message.tenant_id)
@@ -168,8 +177,14 @@ def list_message(
         lapse = max(outcome.busy.values())
         delay = min(max(1, math.ceil((lapse - target.clock()).total_seconds()) + 1), int(length.total_seconds()) + 1)
         again = ListMessage(tenant.tenant_id, tuple(outcome.busy))
-        target.list_queue.send_message(again.to_message(), visibility_timeout=delay)
+        target.list_queue.send_message(_signed(target, again.to_message()), visibility_timeout=delay)
     return outcome
+
+
+def _signed(target: Collector, text: str) -> str:
+    """``text`` signed with ``O365_MESSAGE_KEY`` when one is set (as the lister signs content messages)."""
+    key = target.settings.message_key
+    return text if key is None else sign_message(text, key.reveal().encode())
 
 
 def _tenant(target: Collector, tenant_id: str) -> TenantConfig | None:
@@ -233,7 +248,8 @@ def _hand_over_and_release(
             target.stream_leases.release(lease, now)
     if handed:
         # If this send fails the leases lapse and the next schedule's message lists the rest.
-        target.list_queue.send_message(ListMessage(tenant.tenant_id, tuple(handed), token).to_message())
+        continuation = ListMessage(tenant.tenant_id, tuple(handed), token)
+        target.list_queue.send_message(_signed(target, continuation.to_message()))
 
 
 # -- the Functions triggers ----------------------------------------------------------------------------------

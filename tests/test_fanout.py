@@ -26,7 +26,7 @@ from azure.data.tables import TableClient
 from o365collector import runtime
 from o365collector.checkpoints import Checkpoint, RecentBlobs
 from o365collector.fetcher import FetchResult, Outcome
-from o365collector.listing_queue import ListMessage, enqueue_listing, list_message, run_timer
+from o365collector.listing_queue import ListMessage, ListMessageError, enqueue_listing, list_message, run_timer
 from o365collector.models import FetchTask
 from o365collector.queue_runner import QueueRunner
 from o365collector.running import run_once
@@ -335,3 +335,26 @@ def test_workers_killed_mid_listing_lose_nothing_another_lists_their_streams(
     shipped = Counter(r["Id"] for r in receiver.records)
     served = Counter(r["Id"] for b in simulator.blobs(TENANT.tenant_id) for r in b.records)
     assert shipped == served, "every record shipped once, none lost"
+
+
+def test_with_a_message_key_list_messages_are_signed_and_a_forged_one_lists_nothing(
+    simulator: Simulator, make_collector: CollectorFactory
+) -> None:
+    key = "k" * 40
+    collector = make_collector(**fleet_env(simulator), **fanout(O365_MESSAGE_KEY=key))
+    assert enqueue_listing(collector, collector.tenants()[:1]) == 1
+    [sent] = collector.list_queue.receive_messages(max_messages=32, visibility_timeout=300)
+    assert "sig" in orjson.loads(sent.content), "the timer signs what it sends"
+
+    forged = ListMessage(FLEET[0]).to_message()  # what anyone with queue access could send: unsigned
+    with pytest.raises(ListMessageError, match="no signature"):
+        list_message(collector, forged, message_id="forged")
+    altered = orjson.loads(sent.content) | {"tenantId": FLEET[1]}
+    with pytest.raises(ListMessageError, match="does not match"):
+        list_message(collector, orjson.dumps(altered).decode(), message_id="altered")
+    assert simulator.stats.requests["list"] == 0, "a refused message makes no API call"
+
+    outcome = list_message(collector, sent.content, message_id="signed")
+    assert outcome.tenant_id == FLEET[0]
+    assert outcome.result.streams, "the signed message was listed"
+    assert simulator.stats.requests["list"] > 0

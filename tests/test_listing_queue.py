@@ -73,8 +73,9 @@ def test_an_oversized_message_is_refused_before_it_is_parsed() -> None:
 def test_the_trigger_drops_a_message_that_is_not_ours_with_one_error_instead_of_retrying_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The message is refused before the collector is used: any object stands in for it.
-    monkeypatch.setattr(listing_queue, "collector", lambda: object())
+    # The message is refused before the collector lists anything: only its message key is read.
+    stand_in = SimpleNamespace(settings=SimpleNamespace(message_key=None))
+    monkeypatch.setattr(listing_queue, "collector", lambda: stand_in)
     with caplog.at_level(logging.ERROR, logger="o365collector.listing_queue"):
         assert run_list_message(body="\x1b[31mnot json", message_id="m-1\n", dequeue_count=2) is None
     [record] = [r for r in caplog.records if r.name == "o365collector.listing_queue"]
