@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -112,6 +113,11 @@ def run_demo(
     Ctrl+C, so ``check``, ``status`` and ``run`` can be explored against the demo's state. ``push``: then
     push mode, live (``push_phase``)."""
     out = Path(output).resolve()
+    previous = out / DEMO_TENANT.tenant_id
+    if previous.is_dir():
+        # The counts below read the folder: an earlier demo's files would be counted as this run's.
+        shutil.rmtree(previous)
+        print(f"cleared the previous demo run's output in {previous}")
     now = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="o365-demo-") as scratch:
         azurite = start_azurite(Path(scratch) / "azurite")

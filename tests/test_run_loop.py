@@ -150,6 +150,12 @@ def test_run_loop_lists_again_every_interval_and_sigterm_finishes_the_blob_in_fl
 
 def test_demo_collects_every_simulated_record_into_ndjson_files(tmp_path: Path) -> None:
     output = tmp_path / "demo-output"
+    # What an earlier demo run left in the same folder must not count as this run's, and nothing else goes.
+    stale = output / "5b7c3a1e-8d2f-4e6a-9c0b-1a2b3c4d5e6f" / "Audit.Exchange" / "earlier-run.ndjson"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b'{"Id":"from an earlier run"}\n' * 50)
+    mine = output / "notes.txt"
+    mine.write_text("not the demo's")
     env = child_env({})
     env.pop("REQUESTS_CA_BUNDLE", None)
     result = subprocess.run(
@@ -171,6 +177,8 @@ def test_demo_collects_every_simulated_record_into_ndjson_files(tmp_path: Path) 
     assert records == sum(int(pair.split(" / ")[0]) for pair in counts.values())
     assert re.search(r"^shipped (\d+) blobs", result.stdout, re.MULTILINE)
     assert f"shipped {len(files)} blobs" in result.stdout, "one file per content blob"
+    assert not stale.exists()
+    assert mine.read_text() == "not the demo's"
 
 
 def test_demo_keep_running_prints_settings_that_status_can_use_then_stops_on_ctrl_c(tmp_path: Path) -> None:
