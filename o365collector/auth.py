@@ -130,9 +130,11 @@ class TokenProvider:
         credential: TokenCredential | None = None,
         *,
         session: requests.Session | None = None,
+        scope: str | None = None,
     ) -> None:
+        """``scope``: another resource's (Microsoft Graph's for the Graph sources); default the API's."""
         self._tenant = tenant
-        self._scope = tenant.token_scope
+        self._scope = scope or tenant.token_scope
         self._credential = credential or build_credential(tenant, session=session)
 
     def get_token(self) -> str:

@@ -13,6 +13,9 @@ Ledger (table ``O365_LEDGER_TABLE``, PartitionKey = tenant id, RowKey = sha256 o
 one row per content blob, ``claimed`` → ``done`` (or ``lost`` when the source no longer has it).
 A claim carries the queue message id and a lease: the redelivery of the same message, or any
 message after the lease ran out, takes it over, so a crashed worker never blocks its blob.
+A unit of another source (a Graph window) has its row the same way; what a source carries from one
+unit to the next (``UnitMemos``, the ``sources.base.UnitHistory``) lives in the same table under
+RowKey ``memo-`` + sha256 of the source's key, with no ``State`` a ledger query reads.
 """
 
 from __future__ import annotations
@@ -318,6 +321,8 @@ class Ledger:
             "RowKey": rk,
             "ContentId": task.content_id,
             "ContentType": task.content_type,
+            # Kept so ``run --resend`` fetches a unit the way it was fetched (the source checks it again).
+            "ContentUri": task.content_uri,
             "ContentCreated": task.content_created,
             "State": "claimed",
             "Owner": owner,
@@ -428,7 +433,42 @@ class Ledger:
         rows = self._table.query_entities(
             "PartitionKey eq @tenant and State eq 'done' and ContentCreated ge @since and ContentCreated lt @until",
             parameters={"tenant": tenant_id, "since": utc(since), "until": utc(until)},
-            select=["ContentId", "ContentType", "ContentCreated", "Records"],
+            select=["ContentId", "ContentType", "ContentUri", "ContentCreated", "Records"],
         )
         for row in rows:
             yield dict(row)
+
+
+MEMO_ROW_PREFIX = "memo-"
+
+
+class UnitMemos:
+    """``sources.base.UnitHistory`` on the ledger table: one row per (tenant, key), last write wins."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @staticmethod
+    def _row_key(key: str) -> str:
+        return MEMO_ROW_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+    def get(self, tenant_id: str, key: str) -> Mapping[str, Any] | None:
+        try:
+            return dict(self._table.get_entity(tenant_id, self._row_key(key)))
+        except ResourceNotFoundError:
+            return None
+
+    def put(self, tenant_id: str, key: str, fields: Mapping[str, Any]) -> None:
+        entity = {**fields, "PartitionKey": tenant_id, "RowKey": self._row_key(key), "MemoKey": key[:200]}
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+
+class NoMemos:
+    """A ``UnitHistory`` that remembers nothing: a unit read on its own (``run --resend``) re-reads no
+    earlier stretch and leaves nothing for the next unit."""
+
+    def get(self, tenant_id: str, key: str) -> Mapping[str, Any] | None:
+        return None
+
+    def put(self, tenant_id: str, key: str, fields: Mapping[str, Any]) -> None:
+        return None

@@ -19,6 +19,8 @@ from .listing_settings import ListingQueueConfig, listing_queue_from_env
 from .push_settings import PushSettings
 from .secret_expiry import client_secret_expires_from_env
 from .sinks.base import SinkSettings
+from .sources.selection import sources_from_env
+from .sources.settings import GraphSettings
 from .tenant_config import TenantConfig, certificate_dir_from_env, start_time_from_env
 from .tenants import tenants_from_env
 
@@ -59,6 +61,9 @@ class CollectionPolicy:
     # How often the sweep runs: hourly costs one listing series per stream per hour (not per run),
     # and a late blob waits at most this (plus one timer interval) once listable.
     late_sweep: dt.timedelta = dt.timedelta(minutes=60)
+    # How far back the source keeps records (the audit feed: 7 days); each source sets its own
+    # (``SourceClient.policy``), and windows never reach behind it.
+    retention: dt.timedelta = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,8 @@ class Settings:
     """The listing fan-out through the list queue (o365collector.listing_queue)."""
     push: PushSettings = field(default_factory=PushSettings)
     """Push mode: the webhook receiver's shared secret and arrival table (o365collector.webhook)."""
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    """The Microsoft Graph sources' root, windows and overlap (o365collector.sources.settings)."""
 
     @classmethod
     def from_env(cls, env: Environ, *, now: dt.datetime | None = None) -> Settings:
@@ -206,6 +213,7 @@ class Settings:
         tenant_table = g.read(lambda: _optional_table_name(env, "O365_TENANT_TABLE"), None)
         g.read(lambda: start_time_from_env(env, "O365_START_TIME", now), None)  # also when tenants are in a table
         g.read(lambda: certificate_dir_from_env(env), None)
+        g.read(lambda: sources_from_env(env, cloud=None), None)  # also when tenants are in a table
         settings = cls(
             tenants=g.read(lambda: tenants_from_env(env, sink_names=sink_names, now=now), ()),
             tenant_table=tenant_table,
@@ -258,6 +266,7 @@ class Settings:
             message_key=g.read(lambda: message_key_from_env(env), None),
             listing=listing_queue_from_env(env, g),
             push=g.read(lambda: PushSettings.from_env(env), PushSettings()),
+            graph=g.read(lambda: GraphSettings.from_env(env), GraphSettings()),
             deferral=DeferralConfig(
                 # Up to a day: a blob's 7-day retention must leave room for several attempts after recovery.
                 backoff_max=dt.timedelta(

@@ -25,6 +25,7 @@ from .runtime import Collector
 from .simulator import Simulator, SimulatorConfig, TenantSpec
 from .simulator.auth_setup import auth_environment
 from .simulator.cli import demo_environment, print_environment, storage_environment, wait_for_signal
+from .sources.catalog import GRAPH_STREAMS, SOURCES
 from .telemetry import ShipTally
 from .webhook_server import WebhookServer
 
@@ -133,6 +134,14 @@ def run_demo(
                     blob_every=dt.timedelta(minutes=45),
                     records_per_blob=(1, 40),
                 )
+            for stream in GRAPH_STREAMS:  # Entra sign-ins and directory audits, Exchange message trace
+                sim.generate_graph(
+                    DEMO_TENANT.tenant_id,
+                    stream,
+                    now - dt.timedelta(days=days),
+                    now - dt.timedelta(minutes=10),
+                    every=dt.timedelta(minutes=20),
+                )
             sim.start()
             env = (
                 demo_environment(sim, DEMO_TENANT)
@@ -140,6 +149,9 @@ def run_demo(
                 | {
                     "O365_START_TIME": (now - dt.timedelta(days=days)).isoformat(),
                     "O365_RETRY_BACKOFF_SECONDS": "0.2",
+                    # Every source: the audit feed, and Microsoft Graph's logs from the same simulator.
+                    "O365_SOURCES": ",".join(SOURCES),
+                    "O365_GRAPH_URL": sim.api_url,
                 }
             )
             if auth_mode != "clientSecret":
@@ -162,7 +174,7 @@ def run_demo(
                 collector.close()
             expected = Counter(
                 {ct: sum(len(b.records) for b in sim.blobs(DEMO_TENANT.tenant_id, ct)) for ct in CONTENT_TYPES}
-            )
+            ) + Counter({s: len(sim.graph_records(DEMO_TENANT.tenant_id, s)) for s in GRAPH_STREAMS})
             if keep_running:
                 print_environment(env)
                 print("demo: Azurite and the simulator keep running; Ctrl+C to stop", flush=True)
@@ -171,8 +183,8 @@ def run_demo(
             sim.stop()
             azurite.stop()
     shipped = count_output(out)
-    print("records per content type (shipped / served by the simulator):")
-    for content_type in CONTENT_TYPES:
-        print(f"  {content_type:<28} {shipped[content_type]:>6} / {expected[content_type]}")
-    print(f"output: {out} (NDJSON, one file per content blob)")
+    print("records per stream (shipped / served by the simulator):")
+    for stream in CONTENT_TYPES + GRAPH_STREAMS:
+        print(f"  {stream:<28} {shipped[stream]:>6} / {expected[stream]}")
+    print(f"output: {out} (NDJSON, one file per content blob or Graph window)")
     return code

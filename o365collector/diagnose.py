@@ -15,6 +15,8 @@ Steps, in order (a step that depends on a failed one is SKIPped, which also fail
    ``audit logging``  unified audit logging is on: a listing of an enabled content type is answered
                       instead of "Tenant … does not exist"
    ``clock``          this machine's clock is within ``MAX_CLOCK_SKEW`` of the API's ``Date`` header
+   ``source <name>``  each Microsoft Graph source of the tenant: one probe call shows its permission (and
+                      for sign-ins the tenant's Entra ID P1/P2 licence) works (``source_check``)
 3. ``storage``        the queues and tables answer
 4. ``first run``      per tenant: what the first listing run backfills for the content types that have
                       no checkpoint yet (the lister logs the same line), always OK once storage answers
@@ -60,6 +62,7 @@ from .lister import describe_first_run
 from .management_api import ManagementApiClient
 from .models import TimeWindow
 from .redaction import redact, summary
+from .source_check import source_verdicts
 from .storage import StorageClients
 from .tenant_config import CertificateCredentialConfig, KeyVaultCertificateConfig, TenantConfig
 from .windows import plan_windows
@@ -158,8 +161,13 @@ def diagnose(
         yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); content types {', '.join(types)}; sinks {sinks}")
     for tenant in tenants:
         names = entry_names(env, tenant.tenant_id)
+        signed_in = False
         for step in tenant_steps(tenant, settings, confirm=confirm, clock=clock):
+            signed_in = signed_in or (step.name == "token" and step.passed)
             yield dataclasses.replace(step, detail=rename_settings(step.detail, names)) if names else step
+        # Each Microsoft Graph source: one probe call that shows its permission works (source_check.py).
+        for v in source_verdicts(tenant, collector.client, signed_in=signed_in):
+            yield Step(v.name, Verdict(v.verdict), rename_settings(v.detail, names), v.subject)
     storage = storage_step(settings)
     yield storage
     for tenant in tenants:

@@ -8,7 +8,8 @@
     ├── RetryableError               try again later: redelivery, not poison
     │   ├── ApiTransientError        throttling (403 AF429, 429), 408, 5xx, AF50000, network
     │   ├── SinkTransientError       backend timeout, 429, 5xx, connection refused
-    │   └── StorageTransientError    Azure Storage unreachable or busy
+    │   ├── StorageTransientError    Azure Storage unreachable or busy
+    │   └── UnitNotReadyError        a unit waits for the one before it (being read by another delivery)
     └── PermanentError               retrying will not help: an operator must act
         ├── ApiPermanentError        bad tenant, missing permission, disabled subscription, ...
         │   ├── SubscriptionMissingError   AF20022 (the client starts it and retries)
@@ -132,6 +133,12 @@ class SinkPermanentError(PermanentError):
 
 class StorageTransientError(RetryableError):
     """Azure Storage (queue or tables) failed; the work will be picked up again."""
+
+
+class UnitNotReadyError(RetryableError):
+    """A unit of work must wait for the unit before it, which another delivery is reading right now
+    (a Graph window re-reads the end of the previous one). Not a failure: the message is put back
+    with a short delay (``retry_after`` seconds) and does not count toward the poison queue."""
 
 
 class MessageFormatError(PermanentError):

@@ -1,4 +1,7 @@
-"""Queue side: claim a content blob in the ledger, fetch it, ship it through every sink, mark it done.
+"""Queue side: claim a unit (a content blob, a Graph window) in the ledger, fetch it, ship it, mark it done.
+
+The unit's source answers through the contract in ``o365collector.sources.base``: the fetcher asks
+for the client of the message's (tenant, stream) and never looks at which source it is.
 
 Idempotent by content id: a blob the ledger has as done is skipped, whether the message is a queue
 redelivery or a duplicate from overlapping listings. A blob is marked done only after every sink
@@ -27,7 +30,6 @@ from enum import StrEnum
 import orjson
 
 from .checkpoints import ClaimStatus, Ledger
-from .content import ContentRecords
 from .errors import (
     CollectorError,
     ContentUnavailableError,
@@ -37,10 +39,10 @@ from .errors import (
 )
 from .filtering import RecordFilter
 from .leases import ClaimRenewal
-from .management_api import ManagementApiClient, content_uri_problem
 from .models import BlobContext, FetchTask
 from .redaction import printable
 from .sinks.base import Sink
+from .sources.base import SourceClient, UnitHistory
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ class Outcome(StrEnum):
     # A sink or the API kept failing: the handler put a copy back on the queue with a growing delay
     # (o365collector.deferral) and completes this delivery, which must not count toward poison.
     DEFERRED = "deferred"
+    # The unit waits for the one before it (``UnitNotReadyError``): the handler put the message back with a
+    # short delay and completes this delivery, which is no failure and must not count toward poison.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,43 +80,44 @@ class Fetcher:
         *,
         ledger: Ledger,
         sinks_for_tenant: Callable[[str], Sequence[Sink]],
-        api_for_tenant: Callable[[str], ManagementApiClient],
+        client_for: Callable[[str, str], SourceClient],
+        history: UnitHistory,
         claim_lease: dt.timedelta,
         clock: Callable[[], dt.datetime],
         record_filter: RecordFilter | None = None,
     ) -> None:
+        """``client_for(tenant_id, stream)``: the source's client; ``history``: what units leave for the next."""
         self._filter = record_filter or RecordFilter()
         self._ledger = ledger
         self._sinks_for_tenant = sinks_for_tenant
-        self._api_for_tenant = api_for_tenant
+        self._client_for = client_for
+        self._history = history
         self._lease = claim_lease
         self._clock = clock
 
-    def accepted_api(self, task: FetchTask) -> ManagementApiClient:
-        """The client for ``task``'s tenant, if the message may be acted on; else ``RefusedMessageError``."""
+    def accepted_client(self, task: FetchTask) -> SourceClient:
+        """The client for ``task``'s tenant and stream, if the message may be acted on; else ``RefusedMessageError``."""
         try:
-            api = self._api_for_tenant(task.tenant_id)
+            client = self._client_for(task.tenant_id, task.content_type)
         except UnknownTenantError as err:
             shown = printable(task.tenant_id)
             raise RefusedMessageError(f"tenant {shown!r} is not configured in this deployment") from err
-        tenant = api.tenant
-        if task.content_type not in tenant.content_types:
+        tenant = client.tenant
+        if task.content_type not in tenant.streams:
             raise RefusedMessageError(
                 f"content type {printable(task.content_type)!r} is not collected for tenant {tenant.tenant_id} "
-                f"(collected: {', '.join(tenant.content_types)})"
+                f"(collected: {', '.join(tenant.streams)})"
             )
-        problem = content_uri_problem(
-            task.content_uri, api_url=tenant.api_url, tenant_id=tenant.tenant_id, content_id=task.content_id
-        )
+        problem = client.unit_problem(task)
         if problem is not None:
             raise RefusedMessageError(problem)
-        return api
+        return client
 
     def process(self, task: FetchTask, *, delivery_id: str) -> FetchResult:
         started = time.monotonic()
         fields = _log_fields(task)
         shown = fields["content_id"]
-        api = self.accepted_api(task)  # before the claim: a refused message marks nothing done or lost
+        client = self.accepted_client(task)  # before the claim: a refused message marks nothing done or lost
         claim = self._ledger.claim(task, delivery_id, self._clock(), self._lease)
         if claim.status is ClaimStatus.DONE or claim.status is ClaimStatus.LOST:
             log.debug("content %s already %s: skipped", shown, claim.status.value, extra=fields)
@@ -124,8 +130,9 @@ class Fetcher:
         # this delivery is alive, so no other delivery ships the blob meanwhile.
         with ClaimRenewal(self._ledger, claim, self._lease, self._clock, content_id=shown) as renewal:
             try:
-                # Held as the bytes served and parsed only as sinks read them: see o365collector.content.
-                records = api.fetch_records(task.content_uri)
+                # An audit blob is held as the bytes served and parsed only as sinks read them (o365collector.content).
+                unit = client.fetch_unit(task, self._history)
+                records = unit.records
             except MalformedContentError as err:
                 self._ledger.release(renewal.stop(), str(err))
                 raise RefusedMessageError(str(err)) from err
@@ -143,8 +150,7 @@ class Fetcher:
                 to_ship, filtered = self._filter.apply(records)
                 for sink in self._sinks_for_tenant(task.tenant_id):
                     sink.send(to_ship, context)
-                if isinstance(records, ContentRecords):
-                    records.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done
+                unit.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done
             except MalformedContentError as err:  # found by the validation while the sinks read (nothing was sent)
                 self._ledger.release(renewal.stop(), str(err))
                 raise RefusedMessageError(str(err)) from err

@@ -11,6 +11,8 @@ the blobs in the poison queue and those expired before delivery. The report is i
 - content was lost within ``O365_HEALTH_LOST_DATA_HOURS`` (expired at the source, or unlistable
   after an outage longer than the API's 7-day retention);
 - the poison queue holds more than ``O365_HEALTH_MAX_POISON`` messages (content not delivered yet).
+- per source (``source_health``): a Microsoft Graph stream refused for a missing permission or licence
+  (the message names the permission to grant), and losses past each source's own retention.
 
 **Degraded** (HTTP 200 with ``"status": "degraded"``, ``status`` exits 3) when nothing is unhealthy yet
 but something is going wrong that will become so if nobody looks:
@@ -20,6 +22,7 @@ but something is going wrong that will become so if nobody looks:
 - fetching or shipping is failing: a stream's last fetch error is newer than its last shipped blob;
 - the content queue is not draining: its oldest visible message has waited longer than the listing age;
 - push mode: a stream's webhook was disabled by the service or expired (``push_status``).
+- a Microsoft Graph stream's checkpoint is within a day of its source's retention (``source_health``).
 
 200 for degraded follows ASP.NET Core's health checks (Healthy and Degraded answer 200, Unhealthy 503):
 an uptime checker that only reads the status code pages for outages, not for warnings; one that wants
@@ -54,6 +57,7 @@ from .models import FetchTask
 from .push_status import push_lines, report_push
 from .redaction import describe, summary
 from .secret_expiry import expiry_verdict
+from .source_health import expired_text, judge_source, retention_phrase, source_lines, summarize_sources
 from .status import LostBlob, StatusStore, StreamStatus
 from .status_report import (
     HEALTHY,
@@ -108,7 +112,7 @@ def build_report(collector: CollectorState, now: dt.datetime | None = None) -> S
     settings = collector.settings
     report = StatusReport(now, settings.health, settings.content_queue, settings.poison_queue)
     tenants = collector.tenants()
-    streams = [(t.tenant_id, ct) for t in tenants for ct in t.content_types]
+    streams = [(t.tenant_id, stream) for t in tenants for stream in t.streams]  # every source's streams
     names = {t.tenant_id: t.name for t in tenants}
     try:
         checkpoints = collector.checkpoints.list()
@@ -233,6 +237,7 @@ def _collect(report: StatusReport) -> None:
     report.problems += report.general_problems
     report.degraded = [f"{s.tenant_id} {s.content_type}: {d}" for s in report.streams for d in s.degraded]
     report.degraded += report.general_degraded
+    report.sources = [s.to_dict() for s in summarize_sources(report.streams)]
 
 
 def _degrade_stream(stream: StreamReport, now: dt.datetime) -> None:
@@ -282,13 +287,11 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
         stream.expired_recent = _recent_losses(report, stream, now - lookback)
         hours = lookback.total_seconds() / 3600
         if stream.expired_recent:
-            stream.problems.append(
-                f"{stream.expired_recent} content blobs expired at the source before delivery in the last {hours:g} h"
-            )
+            stream.problems.append(expired_text(stream, hours))
         if s is not None and s.lost_span_at is not None and s.lost_span_at >= now - lookback:
             stream.problems.append(
                 f"content created {iso_time(s.lost_span_from)} .. {iso_time(s.lost_span_to)} could no longer be listed "
-                "(collection stopped for longer than the API's 7-day retention)"
+                f"(collection stopped for longer than {retention_phrase(stream.content_type)})"
             )
         if s is not None and s.last_refused_at is not None and s.last_refused_at >= now - lookback:
             stream.problems.append(
@@ -296,6 +299,7 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
                 "of another content type): the content they name was not collected (the lister's ERROR log "
                 "names each one)"
             )
+    judge_source(stream, now)  # the stream's source's own rules (Microsoft Graph: edge, permission, licence)
 
 
 def _recent_losses(report: StatusReport, stream: StreamReport, since: dt.datetime) -> int:
@@ -410,6 +414,7 @@ def render_table(report: StatusReport) -> str:
     lines.append(poison_line)
     lines.extend(_late_line(stream, now) for stream in report.streams if stream.status and stream.status.last_late_at)
     lines.extend(push_lines(report))
+    lines.extend(source_lines(report.streams))
     lines.append(f"checked {_zoned(now)}; SHIPPED counts records since the status row was created")
     lines.append("")
     if report.problems:

@@ -1,4 +1,8 @@
-"""Timer side: for each tenant and content type, plan windows, list every page, enqueue, advance.
+"""Timer side: for each tenant and stream, plan windows, list every page, enqueue, advance.
+
+A stream is one of the audit feed's content types or one Microsoft Graph log; the lister asks the
+collector for the stream's client (``sources.base.SourceClient``) and plans with its policy (retention,
+widest window, overlap), so nothing here knows which source it lists.
 
 Who calls it: the timer itself, or with the fan-out on (``O365_LIST_FANOUT``) the list queue's trigger, one
 tenant per message (``listing_queue``, where the timer's and the list trigger's entry points are).
@@ -32,10 +36,11 @@ import orjson
 from .checkpoints import Checkpoint, CheckpointConflictError, CheckpointStore
 from .config import CollectionPolicy
 from .errors import CollectorError
-from .management_api import ManagementApiClient
 from .models import ContentBlob, FetchTask, ListingEntryError, TimeWindow
 from .redaction import printable
 from .scheduler import run_fairly
+from .sources.base import SourceClient
+from .sources.catalog import source_of
 from .tenant_config import TenantConfig
 from .windows import WindowPlan, lag, plan_windows, relist_horizon
 
@@ -91,6 +96,7 @@ class StreamResult:
         return {
             "tenant_id": self.tenant_id,
             "content_type": self.content_type,
+            "source": _source_name(self.content_type),
             "windows": self.windows,
             "windows_left": self.windows_left,
             "blobs_listed": self.blobs_listed,
@@ -149,7 +155,7 @@ class ListerResult:
 
 
 class _StreamTask:
-    """One tenant/content type's progress through a run: its checkpoint, windows and result."""
+    """One tenant/stream's progress through a run: its checkpoint, windows and result."""
 
     def __init__(self, tenant: TenantConfig, content_type: str) -> None:
         self.tenant = tenant
@@ -162,6 +168,8 @@ class _StreamTask:
         self.sweep_from = 0
         """Index of the first late-sweep window in ``windows`` (they come after the normal ones)."""
         self.sweep_recorded_at: int | None = None
+        self.policy = CollectionPolicy()
+        """The stream's source's bounds, set when the stream is planned."""
         self.new_windows = 0
         """Windows listed in this run that end past the checkpoint it started from (what ``window_budget`` counts)."""
         """Index of the window whose save records the sweep as done (None: no sweep due)."""
@@ -179,7 +187,7 @@ class Lister:
         *,
         tenants: tuple[TenantConfig, ...],
         policy: CollectionPolicy,
-        api_for_tenant: Callable[[str], ManagementApiClient],
+        client_for: Callable[[str, str], SourceClient],
         checkpoints: CheckpointStore,
         queue: TaskQueue,
         clock: Callable[[], dt.datetime],
@@ -193,7 +201,7 @@ class Lister:
         left as ``windows_left``, like what the time budget leaves)."""
         self._tenants = tenants
         self._policy = policy
-        self._api_for_tenant = api_for_tenant
+        self._client_for = client_for
         self._checkpoints = checkpoints
         self._queue = queue
         self._clock = clock
@@ -202,9 +210,10 @@ class Lister:
         self._concurrency = concurrency
         self._per_tenant = per_tenant_concurrency
         self._window_budget = window_budget
-        self._broken: dict[str, CollectorError] = {}
-        self._signed_in: set[str] = set()
-        self._gates: dict[str, threading.Lock] = {}
+        # Sign-in state per (tenant, source): each source has its own token (audience) and consent.
+        self._broken: dict[tuple[str, str], CollectorError] = {}
+        self._signed_in: set[tuple[str, str]] = set()
+        self._gates: dict[tuple[str, str], threading.Lock] = {}
         self._gates_lock = threading.Lock()
         self._deadline = 0.0
 
@@ -213,13 +222,14 @@ class Lister:
         self._deadline = started + self._policy.list_budget.total_seconds()
         self._broken = {}
         self._signed_in = set()
-        # Content type major, tenant minor: the first steps touch every tenant once before any tenant twice.
-        width = max((len(t.content_types) for t in self._tenants), default=0)
+        # Stream major, tenant minor: the first steps touch every tenant once before any tenant twice.
+        streams = {tenant.tenant_id: tenant.streams for tenant in self._tenants}
+        width = max((len(s) for s in streams.values()), default=0)
         tasks = [
-            _StreamTask(tenant, tenant.content_types[i])
+            _StreamTask(tenant, streams[tenant.tenant_id][i])
             for i in range(width)
             for tenant in self._tenants
-            if i < len(tenant.content_types)
+            if i < len(streams[tenant.tenant_id])
         ]
         run_fairly(tasks, self._step, workers=self._concurrency, per_key_limit=self._per_tenant)
         # The per-stream lines are logged here, on the caller's (the invocation's) own thread, not from the
@@ -259,13 +269,14 @@ class Lister:
         fields = {"tenant_id": task.tenant.tenant_id, "content_type": stream.content_type}
         more = False
         started = time.perf_counter()
+        sign_in_key = (task.tenant.tenant_id, _source_name(stream.content_type) or "")
         try:
-            api = self._api_for_tenant(task.tenant.tenant_id)
-            self._sign_in(task.tenant.tenant_id, api)
+            api = self._client_for(task.tenant.tenant_id, stream.content_type)
+            self._sign_in(sign_in_key, api)
             with api.counting() as counter:
                 try:
                     if task.windows is None:
-                        self._plan(task, fields)
+                        self._plan(task, api, fields)
                     elif self._monotonic() >= self._deadline or self._budget_spent(task):
                         stream.windows_left = len(task.windows) - task.next_window
                     else:
@@ -278,7 +289,7 @@ class Lister:
         except CollectorError as err:
             stream.error, stream.error_code = str(err), getattr(err, "code", None)
             if _is_credential_error(err):
-                self._broken.setdefault(task.tenant.tenant_id, err)
+                self._broken.setdefault(sign_in_key, err)
         except Exception as err:  # storage or an unexpected fault: report it, keep the other streams going
             log.exception("unexpected failure listing %s", stream.content_type, extra=fields)
             stream.error = f"{type(err).__name__}: {err}"
@@ -294,36 +305,37 @@ class Lister:
             return False
         return task.started_cursor is None or task.windows[task.next_window].end > task.started_cursor
 
-    def _sign_in(self, tenant_id: str, api: ManagementApiClient) -> None:
-        """Get the tenant's token once per run, before its first stream: a sign-in failure
-        (a wrong or expired secret, missing consent) is the tenant's, so its other streams report it
-        without asking the login service again."""
+    def _sign_in(self, key: tuple[str, str], api: SourceClient) -> None:
+        """Get the tenant's token for the source once per run, before its first stream: a sign-in failure
+        (a wrong or expired secret, missing consent) is the tenant's, so its other streams of that source
+        report it without asking the login service again. ``key``: (tenant id, source name)."""
         with self._gates_lock:
-            gate = self._gates.setdefault(tenant_id, threading.Lock())
+            gate = self._gates.setdefault(key, threading.Lock())
         with gate:
-            broken = self._broken.get(tenant_id)
+            broken = self._broken.get(key)
             if broken is not None:
                 raise broken
-            if tenant_id in self._signed_in:
+            if key in self._signed_in:
                 return
             try:
                 api.sign_in()
             except CollectorError as err:
                 if _is_credential_error(err):
-                    self._broken[tenant_id] = err
+                    self._broken[key] = err
                 raise
-            self._signed_in.add(tenant_id)
+            self._signed_in.add(key)
 
-    def _plan(self, task: _StreamTask, fields: dict[str, str]) -> None:
+    def _plan(self, task: _StreamTask, api: SourceClient, fields: dict[str, str]) -> None:
         stream = task.result
         checkpoint = self._checkpoints.get(task.tenant.tenant_id, stream.content_type)
         task.checkpoint = checkpoint
         task.started_cursor = stream.cursor = checkpoint.cursor
         task.planned_at = self._clock()
+        task.policy = api.policy(self._policy)
         plan = plan_windows(
             cursor=checkpoint.cursor,
             now=task.planned_at,
-            policy=self._policy,
+            policy=task.policy,
             start_time=task.tenant.start_time,
             last_sweep=checkpoint.late_sweep_at,
         )
@@ -331,9 +343,10 @@ class Lister:
             stream.lost_from, stream.lost_to = plan.lost.start, plan.lost.end
             log.error(
                 "content created %s .. %s can no longer be listed (collection was stopped longer than the "
-                "API's 7-day retention); resuming at the retention edge",
+                "source's %d-day retention); resuming at the retention edge",
                 plan.lost.start.isoformat(),
                 plan.lost.end.isoformat(),
+                task.policy.retention.days,
                 extra=fields,
             )
         if plan.future_cursor:
@@ -350,7 +363,7 @@ class Lister:
             # after that window's blobs are on the queue: a run cut short sweeps again next time.
             task.sweep_recorded_at = len(task.windows) - 1 if plan.sweep else 0
 
-    def _list_window(self, task: _StreamTask, api: ManagementApiClient, fields: dict[str, str]) -> None:
+    def _list_window(self, task: _StreamTask, api: SourceClient, fields: dict[str, str]) -> None:
         assert task.windows is not None
         assert task.checkpoint is not None
         assert task.planned_at is not None
@@ -364,7 +377,7 @@ class Lister:
         def refuse(err: ListingEntryError) -> None:
             self._refuse(stream, window, next(positions), err.content_id, err.problem, fields)
 
-        for blob in api.list_content(stream.content_type, window, on_malformed=refuse):
+        for blob in api.list_units(stream.content_type, window, on_malformed=refuse):
             position = next(positions)
             problem = content_type_problem(blob, stream.content_type)
             if problem is not None:
@@ -383,9 +396,7 @@ class Lister:
         last_sweep = task.planned_at if swept else task.checkpoint.late_sweep_at
         cursor = max(window.end, task.checkpoint.cursor or window.end)  # a sweep window ends behind it
         now = self._clock()
-        forgotten = recent.prune(
-            relist_horizon(cursor=cursor, last_sweep=last_sweep, now=now, policy=self._policy)
-        )
+        forgotten = recent.prune(relist_horizon(cursor=cursor, last_sweep=last_sweep, now=now, policy=task.policy))
         if forgotten:
             log.warning(
                 "the recent-blob set is full: forgot the %d oldest of its blobs; any of them listed again "
@@ -482,6 +493,11 @@ def describe_first_run(content_types: str, start_time: dt.datetime | None, plan:
 
 def _minute(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _source_name(stream: str) -> str | None:
+    spec = source_of(stream)
+    return spec.name if spec is not None else None
 
 
 def _is_credential_error(err: CollectorError) -> bool:

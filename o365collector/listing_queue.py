@@ -34,7 +34,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -155,7 +155,7 @@ def list_message(
             extra={"tenant_id": printable(message.tenant_id[:64])},
         )
         return outcome
-    wanted = [c for c in tenant.content_types if not message.content_types or c in message.content_types]
+    wanted = [c for c in tenant.streams if not message.content_types or c in message.content_types]
     length = target.settings.listing.lease
     holder = f"list:{message_id}"
     leases: dict[str, StreamLease] = {}
@@ -216,7 +216,7 @@ def _list_leased(
                 leases[content_type] = renewed
         return bool(leases)
 
-    leased = replace(tenant, content_types=tuple(leases))
+    leased = tenant.only_streams(tuple(leases))
     try:
         with Heartbeat(renew, length.total_seconds() / 3, name="listing lease renewal"):
             result = target.lister(tenants=(leased,), window_budget=target.settings.listing.windows_per_message).run()

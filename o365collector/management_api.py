@@ -28,7 +28,7 @@ import urllib3
 from azure.core.exceptions import AzureError
 
 from .auth import TokenProvider
-from .config import HttpPolicy
+from .config import CollectionPolicy, HttpPolicy
 from .content import ContentRecords, parse_array, validator_pool
 from .errors import (
     ApiPermanentError,
@@ -39,11 +39,13 @@ from .errors import (
     SubscriptionMissingError,
     UntrustedUrlError,
 )
-from .models import ContentBlob, ListingEntryError, Record, TimeWindow, format_api_time
+from .models import ContentBlob, FetchTask, ListingEntryError, Record, TimeWindow, format_api_time
 from .ratelimit import Pacer, RateLimiter
 from .redaction import printable
 from .retry import RetryPolicy, parse_retry_after, retrying
 from .sessions import EnvironmentOnceSession
+from .sources.base import FetchedUnit, UnitHistory
+from .sources.catalog import AUDIT
 from .tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,9 @@ def classify_response(
 
 
 class ManagementApiClient:
-    """One tenant's view of the Management Activity API."""
+    """One tenant's view of the Management Activity API; the audit feed's ``sources.base.SourceClient``."""
+
+    source = AUDIT
 
     def __init__(
         self,
@@ -193,6 +197,28 @@ class ManagementApiClient:
             self._tokens.get_token()
         except AzureError as err:  # network failure talking to the login host
             raise ApiTransientError(f"token request failed: {type(err).__name__}") from err
+
+    # -- the source contract (o365collector.sources.base) ---------------------------------------
+    def policy(self, base: CollectionPolicy) -> CollectionPolicy:
+        """The settings' policy is the audit feed's own (7-day retention, re-list overlap, late sweep)."""
+        return base
+
+    def list_units(
+        self,
+        stream: str,
+        window: TimeWindow,
+        on_malformed: Callable[[ListingEntryError], None] | None = None,
+    ) -> Iterator[ContentBlob]:
+        return self.list_content(stream, window, on_malformed)
+
+    def unit_problem(self, task: FetchTask) -> str | None:
+        return content_uri_problem(
+            task.content_uri, api_url=self.tenant.api_url, tenant_id=self.tenant.tenant_id, content_id=task.content_id
+        )
+
+    def fetch_unit(self, task: FetchTask, history: UnitHistory) -> FetchedUnit:
+        """A content blob's records; a blob stands alone, so ``history`` is not read."""
+        return FetchedUnit(self.fetch_records(task.content_uri))
 
     # -- listing ---------------------------------------------------------------------------
     def list_content(

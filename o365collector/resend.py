@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from .checkpoints import NoMemos
 from .config import Settings
-from .content import ContentRecords
 from .errors import CollectorError, ConfigError, ContentUnavailableError
-from .management_api import content_uri_problem
-from .models import CONTENT_TYPES, BlobContext, utc
+from .models import BlobContext, FetchTask, utc
 from .redaction import describe, printable, redact
 from .runtime import Collector
 from .sinks.base import Sink, SinkSettings
+from .sources.catalog import source_of
 from .tenant_config import TenantConfig
 from .windows import earliest_listable
 
@@ -133,7 +133,6 @@ def resend(
     """Send again every blob the ledger has as shipped in the span; the ledger is read, never written."""
     now = collector.clock()
     until = request.until or now
-    oldest = earliest_listable(now)  # created before this, the source no longer serves it
     tenants = _chosen_tenants(collector, request.tenants)
     result = ResendResult(request.since, until, tuple(s.name for s in collector.sinks))
     for tenant in tenants:
@@ -144,7 +143,7 @@ def resend(
         try:
             # Read page by page as the blobs are sent: a week of a large tenant is millions of rows.
             for row in collector.ledger.list_done(tenant.tenant_id, request.since, until):
-                _resend_row(collector, tenant, sinks, row, oldest, request.dry_run, result)
+                _resend_row(collector, tenant, sinks, row, now, request.dry_run, result)
                 if progress is not None:
                     progress(result)
         except ResourceNotFoundError as err:  # only the query raises it: _resend_row catches its own errors
@@ -168,7 +167,7 @@ def _resend_row(
     tenant: TenantConfig,
     sinks: Sequence[Sink],
     row: dict[str, object],
-    oldest: dt.datetime,
+    now: dt.datetime,
     dry_run: bool,
     result: ResendResult,
 ) -> None:
@@ -177,8 +176,8 @@ def _resend_row(
     content_id, content_type, created = row.get("ContentId"), row.get("ContentType"), row.get("ContentCreated")
     shown = printable(content_id) if isinstance(content_id, str) else "(none)"
     result.in_range += 1
-    known_type = isinstance(content_type, str) and content_type in CONTENT_TYPES
-    if not isinstance(content_id, str) or not known_type or not isinstance(created, dt.datetime):
+    source = source_of(content_type) if isinstance(content_type, str) else None
+    if not isinstance(content_id, str) or source is None or not isinstance(created, dt.datetime):
         result.failed.append(f"{tenant.tenant_id} {shown}: the ledger row lacks a content id, type or creation time")
         return
     content_type = str(content_type)
@@ -186,26 +185,33 @@ def _resend_row(
     stream = result.by_stream.setdefault((tenant.tenant_id, content_type), [0, 0])
     stream[0] += 1
     stream[1] += counted if isinstance(counted, int) else 0
-    if utc(created) < oldest:
+    if utc(created) < earliest_listable(now, source.retention):  # the source no longer serves it
         result.gone += 1
         return
     if dry_run:
         return
-    # The canonical content URI, built here rather than stored: the fetcher's own check applies to it.
-    uri = f"{tenant.api_url.rstrip('/')}/api/v1.0/{tenant.tenant_id}/activity/feed/audit/{content_id}"
-    problem = content_uri_problem(uri, api_url=tenant.api_url, tenant_id=tenant.tenant_id, content_id=content_id)
-    if problem is not None:
-        result.failed.append(f"{tenant.tenant_id} {shown}: {problem}")
-        return
+    # Rows written before units kept their URI are the audit feed's: its canonical content URI is built.
+    stored = row.get("ContentUri")
+    uri = (
+        stored
+        if isinstance(stored, str)
+        else (f"{tenant.api_url.rstrip('/')}/api/v1.0/{tenant.tenant_id}/activity/feed/audit/{content_id}")
+    )
+    created = utc(created)
+    task = FetchTask(tenant.tenant_id, content_type, content_id, uri, created, created + source.retention)
     extra = {"tenant_id": tenant.tenant_id, "content_type": content_type, "content_id": shown}
     try:
-        records = collector.api(tenant.tenant_id).fetch_records(uri)
-        to_ship, _filtered = collector.settings.record_filter.apply(records)
-        context = BlobContext(tenant.tenant_id, content_type, content_id, utc(created))
+        client = collector.client(tenant.tenant_id, content_type)
+        problem = client.unit_problem(task)  # the fetcher's own check
+        if problem is not None:
+            result.failed.append(f"{tenant.tenant_id} {shown}: {problem}")
+            return
+        unit = client.fetch_unit(task, NoMemos())  # on its own: no overlap re-read, nothing left for others
+        to_ship, _filtered = collector.settings.record_filter.apply(unit.records)
+        context = BlobContext(tenant.tenant_id, content_type, content_id, created)
         for sink in sinks:
             sink.send(to_ship, context)
-        if isinstance(records, ContentRecords):
-            records.settle()
+        unit.settle()
     except ContentUnavailableError as err:
         result.gone += 1
         log.warning("resend: content %s is no longer at the source: %s", shown, redact(str(err)), extra=extra)
@@ -258,7 +264,10 @@ def report(result: ResendResult, *, dry_run: bool, seconds: float) -> int:
     for line in result.failed:
         print(f"FAILED {line}", file=sys.stderr)
     if result.gone:
-        print(f"NOT RESENT: {result.gone} blobs are no longer at the source (its retention is 7 days)", file=sys.stderr)
+        print(
+            f"NOT RESENT: {result.gone} blobs are no longer at the source (past its retention)",
+            file=sys.stderr,
+        )
     return 0 if result.ok else 1
 
 

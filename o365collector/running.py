@@ -25,6 +25,8 @@ from .listing_queue import list_through_queue
 from .queue_runner import DrainResult, QueueRunner
 from .redaction import redact
 from .runtime import Collector
+from .source_health import records_by_source, source_spec
+from .sources.catalog import AUDIT
 from .telemetry import ShipTally, log_run_summary
 
 log = logging.getLogger("o365collector")
@@ -223,7 +225,7 @@ def _run_once(collector: Collector, stop: StopRequest, drain_seconds: float | No
     )
     progress.finish(drained)
     log_run_summary(listed, tally, time.monotonic() - started)
-    code = report(listed, drained, time.monotonic() - started)
+    code = report(listed, drained, time.monotonic() - started, by_source=records_per_source(listed, tally))
     if stop.signum is not None:
         print(
             f"STOPPED by signal {stop.signum}: {drained.completed} of {listed.blobs_enqueued} blobs handled; "
@@ -234,7 +236,17 @@ def _run_once(collector: Collector, stop: StopRequest, drain_seconds: float | No
     return code
 
 
-def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
+def records_per_source(listed: ListerResult, tally: ShipTally) -> str:
+    """Records shipped per source ("Entra ID sign-ins (Microsoft Graph) 1,234 records; ...") when a source
+    other than the audit feed was collected; "" otherwise (an audit-only run's lines stay as they were)."""
+    streams = {s.content_type for s in listed.streams} | {ct for _, ct in tally.counts}
+    if all(source_spec(ct).name == AUDIT for ct in streams):
+        return ""
+    counts = [(ct, 0) for ct in streams] + [(ct, c["records"]) for (_, ct), c in tally.counts.items()]
+    return "; ".join(f"{title} {records:,} records" for title, records in records_by_source(counts))
+
+
+def report(listed: ListerResult, drained: DrainResult, seconds: float, *, by_source: str = "") -> int:
     failed = [s for s in listed.streams if not s.ok]
     lost = drained.count(Outcome.LOST)
     print(
@@ -249,6 +261,8 @@ def report(listed: ListerResult, drained: DrainResult, seconds: float) -> int:
         f"skipped {drained.count(Outcome.SKIPPED_DONE) + drained.count(Outcome.SKIPPED_BUSY)} already shipped; "
         f"lost at source {lost}; poisoned {drained.poisoned}; in {seconds:.1f}s"
     )
+    if by_source:
+        print(f"by source: {by_source}")
     if drained.last_error is not None:
         print(f"{problems(drained)}; the last error: {drained.last_error}", file=sys.stderr)
     for stream in failed:
@@ -281,7 +295,15 @@ def queued(collector: Collector) -> int:
         return 0
 
 
-def pass_summary(number: int, listed: ListerResult, drained: DrainResult, seconds: float, next_in: float | None) -> str:
+def pass_summary(
+    number: int,
+    listed: ListerResult,
+    drained: DrainResult,
+    seconds: float,
+    next_in: float | None,
+    *,
+    by_source: str = "",
+) -> str:
     """One human line per pass of the loop (the JSON lines are for Application Insights)."""
     failed = [s for s in listed.streams if not s.ok]
     text = (
@@ -290,6 +312,8 @@ def pass_summary(number: int, listed: ListerResult, drained: DrainResult, second
         + f", {listed.blobs_enqueued} blobs enqueued; shipped {drained.count(Outcome.SHIPPED)} blobs "
         f"({drained.records} records)"
     )
+    if by_source:
+        text += f" ({by_source})"
     if drained.last_error is not None:
         text += f", {problems(drained)} (last error: {drained.last_error})"
     for stream in failed:
@@ -322,11 +346,13 @@ def _run_forever(collector: Collector, interval: float, stop: StopRequest) -> in
                 max_seconds=interval, on_progress=progress.on_drain, on_idle=progress.on_drain, should_stop=stop
             )
             log_run_summary(listed, tally, time.monotonic() - cycle_start)
+            by_source = records_per_source(listed, tally)
             tally.reset()
             elapsed = time.monotonic() - cycle_start
             healthy = drained.last_error is None and all(s.ok for s in listed.streams)
             level = logging.INFO if healthy else logging.WARNING
-            log.log(level, "%s", pass_summary(passes, listed, drained, elapsed, None if stop() else interval - elapsed))
+            next_in = None if stop() else interval - elapsed
+            log.log(level, "%s", pass_summary(passes, listed, drained, elapsed, next_in, by_source=by_source))
         except CollectorError as err:
             log.error("cycle failed: %s", err)
         remaining = interval - (time.monotonic() - cycle_start)

@@ -16,7 +16,7 @@ from functools import partial
 
 from .arrivals import ArrivalStore
 from .auth import TokenProvider
-from .checkpoints import CheckpointStore, Ledger, StreamLeases
+from .checkpoints import CheckpointStore, Ledger, StreamLeases, UnitMemos
 from .config import Settings
 from .deferral import MAX_VISIBILITY, DeferralStore, NamedSink, expiry_message, plan_deferral, waiting_for
 from .errors import (
@@ -25,6 +25,7 @@ from .errors import (
     PermanentError,
     RefusedMessageError,
     RetryableError,
+    UnitNotReadyError,
     UnknownTenantError,
 )
 from .fetcher import Fetcher, FetchResult, Outcome
@@ -37,6 +38,9 @@ from .poison import ReplayResult, auto_replay_poison
 from .queue_runner import POISONED_MESSAGE
 from .redaction import install_log_redaction, printable, scrub_exception, summary
 from .sinks.base import Sink
+from .sources.base import SourceClient
+from .sources.catalog import is_graph_stream
+from .sources.graph_source import graph_client
 from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
 from .telemetry import log_fetch_result
@@ -104,6 +108,7 @@ class Collector:
         self.checkpoints = CheckpointStore(self._checkpoint_table)
         self.stream_leases = StreamLeases(self._checkpoint_table)
         self.ledger = Ledger(self._ledger_table)
+        self.unit_memos = UnitMemos(self._ledger_table)
         self._status_table = storage.table(settings.status_table)
         self.status = StatusStore(self._status_table)
         self.deferrals = DeferralStore(self._status_table)
@@ -116,6 +121,7 @@ class Collector:
         # ``status``, ``health`` and ``check``: a bad row is reported, never silently left uncollected.
         self.registry_problems: list[ConfigError] = []
         self._apis: dict[str, ManagementApiClient] = {}
+        self._graph_clients: dict[tuple[str, str], SourceClient] = {}
         self._lock = threading.Lock()
         # One keep-alive pool for every tenant's API and token calls: hundreds of tenants on the same
         # hosts should not cost hundreds of TLS handshakes per run.
@@ -133,12 +139,18 @@ class Collector:
             with self._lock:
                 self.registry_problems = reading.problems
                 for tenant_id in [t for t in self._tenants if t not in {x.tenant_id for x in loaded}]:
-                    self._apis.pop(tenant_id, None)
+                    self._forget_clients(tenant_id)
                 for tenant in loaded:
                     if self._tenants.get(tenant.tenant_id) != tenant:
-                        self._apis.pop(tenant.tenant_id, None)  # credentials or cloud changed
+                        self._forget_clients(tenant.tenant_id)  # credentials, cloud or sources changed
                 self._tenants = {t.tenant_id: t for t in loaded}
         return tuple(self._tenants.values())
+
+    def _forget_clients(self, tenant_id: str) -> None:
+        """Drop a tenant's clients (caller holds the lock): the next call builds them from its new entry."""
+        self._apis.pop(tenant_id, None)
+        for key in [k for k in self._graph_clients if k[0] == tenant_id]:
+            del self._graph_clients[key]
 
     def sinks_for(self, tenant_id: str) -> list[Sink]:
         """The sinks a tenant's records go to: all, or the entry's ``sinks`` subset."""
@@ -187,6 +199,39 @@ class Collector:
                 self._apis[tenant_id] = client
             return client
 
+    def client(self, tenant_id: str, stream: str) -> SourceClient:
+        """The client of ``stream``'s source for ``tenant_id`` (``sources.base``): what the lister and the
+        fetcher call. A stream no source has is answered by the audit feed's client, which refuses it."""
+        if not is_graph_stream(stream):
+            return self.api(tenant_id)
+        with self._lock:
+            client = self._graph_clients.get((tenant_id, stream))
+            if client is not None:
+                return client
+        tenant = self._tenant(tenant_id)
+        with self._lock:
+            client = self._graph_clients.get((tenant_id, stream))
+            if client is None:
+                client = graph_client(
+                    tenant,
+                    stream,
+                    settings=self.settings.graph,
+                    session=self._http,
+                    clock=self.clock,
+                    claim_lease=self.settings.policy.claim_lease,
+                    policy=self.settings.http,
+                )
+                self._graph_clients[(tenant_id, stream)] = client
+            return client
+
+    def _tenant(self, tenant_id: str) -> TenantConfig:
+        if tenant_id not in self._tenants and self._registry is not None:
+            self.tenants()  # a tenant added since the last listing run
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            raise self._unknown_tenant(printable(tenant_id))
+        return tenant
+
     def _unknown_tenant(self, tenant_id: str) -> UnknownTenantError:
         """The error naming the setting that lists this deployment's tenants (not O365_TENANT_ID when
         the tenants come from O365_TENANTS or the table: that setting plays no part then)."""
@@ -215,7 +260,7 @@ class Collector:
             window_budget=window_budget,
             concurrency=self.settings.list_concurrency,
             policy=self.settings.policy,
-            api_for_tenant=self.api,
+            client_for=self.client,
             checkpoints=self.checkpoints,
             queue=self._lister_queue(),
             clock=self.clock,
@@ -245,7 +290,8 @@ class Collector:
             ledger=self.ledger,
             # Named, so a deferral can say which sink it waits for.
             sinks_for_tenant=lambda tenant_id: [NamedSink(s) for s in self.sinks_for(tenant_id)],
-            api_for_tenant=self.api,
+            client_for=self.client,
+            history=self.unit_memos,
             claim_lease=self.settings.policy.claim_lease,
             clock=self.clock,
             record_filter=self.settings.record_filter,
@@ -268,7 +314,7 @@ class Collector:
     def refusal(self, task: FetchTask) -> str | None:
         """Why the fetcher would refuse ``task`` (forged or misrouted), or None: replay leaves those in poison."""
         try:
-            self.fetcher().accepted_api(task)
+            self.fetcher().accepted_client(task)
         except RefusedMessageError as err:
             return err.reason
         return None
@@ -314,6 +360,8 @@ class Collector:
             result = self.process_task(task, message_id=message_id)
         except RefusedMessageError as err:
             result = self._refuse(task, body, message_id, err.reason)
+        except UnitNotReadyError as err:
+            return task, self._wait_for_previous(task, body, err)
         except RetryableError as err:
             last = dequeue_count is not None and dequeue_count >= self.settings.queue_runner.max_dequeue_count
             deferred = self._defer(task, err, last_delivery=last)
@@ -361,6 +409,16 @@ class Collector:
         else:
             log.debug("content %s deferred again (attempt %d, %g min)", task.content_id, again.attempt, minutes)
         return FetchResult(Outcome.DEFERRED, reason=f"waiting for {what}: {cause}")
+
+    def _wait_for_previous(self, task: FetchTask, body: str | bytes, err: UnitNotReadyError) -> FetchResult:
+        """Put the message back as it came, invisible for ``retry_after``: waiting for the unit before it
+        is no failure, so it neither counts toward the poison queue nor shows as a deferral."""
+        delay = dt.timedelta(seconds=err.retry_after or 30)
+        text = body if isinstance(body, str) else body.decode()
+        self.queue.send_message(text, visibility_timeout=self._defer_visibility(delay))
+        fields = {"tenant_id": task.tenant_id, "content_type": task.content_type, "content_id": task.content_id}
+        log.info("content %s waits %g s: %s", task.content_id, delay.total_seconds(), err, extra=fields)
+        return FetchResult(Outcome.WAITING, reason=str(err))
 
     def _forget_deferral(self, task: FetchTask) -> None:
         if task.attempt:  # only a deferred copy has a row: a healthy pipeline writes nothing per blob

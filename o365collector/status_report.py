@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from .config import HealthPolicy
+from .sources.catalog import AUDIT, source_of
 from .status import LostBlob, StreamStatus
 
 # The report's three states; ``health``'s docstring says when each applies.
@@ -52,6 +53,12 @@ class StreamReport:
         return UNHEALTHY if self.problems else DEGRADED if self.degraded else HEALTHY
 
     @property
+    def source(self) -> str:
+        """The stream's source in ``sources.catalog`` (a name no source has: the audit feed, as before sources)."""
+        spec = source_of(self.content_type)
+        return spec.name if spec is not None else AUDIT
+
+    @property
     def last_error(self) -> dict[str, Any] | None:
         """The later of the last listing error and the last fetch error; ``resolved`` when a success followed it
         (a listing error by a successful listing, a fetch error by a shipped blob)."""
@@ -79,6 +86,7 @@ class StreamReport:
             "tenant_id": self.tenant_id,
             "tenant_name": self.tenant_name,
             "content_type": self.content_type,
+            "source": self.source,
             "healthy": not self.problems,
             "state": self.state,
             "checkpoint": iso_time(self.checkpoint),
@@ -157,6 +165,8 @@ class StatusReport:
     general_degraded: list[str] = field(default_factory=list)
     push: dict[str, Any] | None = None
     """Push mode only: the webhook receiver's refused requests (o365collector.push_status)."""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """Per source: its streams' worst state, largest lag, records shipped (o365collector.source_health)."""
 
     @property
     def state(self) -> str:
@@ -199,6 +209,7 @@ class StatusReport:
                 },
             },
             "streams": [s.to_dict() for s in self.streams],
+            "sources": self.sources,
             "push": self.push,
         }
 

@@ -99,6 +99,7 @@ _COUNTER = {
     Outcome.LOST: "blobs_lost",
     Outcome.REFUSED: "blobs_refused",  # the handler moved the message to the poison queue itself
     Outcome.DEFERRED: "blobs_deferred",  # a sink or the API failing: back on the queue with a delay
+    Outcome.WAITING: "units_waiting",  # a Graph window waiting for the one before it: back with a short delay
 }
 
 
@@ -117,6 +118,7 @@ def log_run_summary(listed: ListerResult, tally: ShipTally, seconds: float) -> N
         fields = {"tenant_id": stream.tenant_id, "content_type": stream.content_type}
         summary = {
             **fields,
+            "source": stream.summary()["source"],
             "windows": stream.windows,
             "blobs_listed": stream.blobs_listed,
             "blobs_enqueued": stream.blobs_enqueued,

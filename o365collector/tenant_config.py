@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from .envparse import (
@@ -30,6 +30,8 @@ from .envparse import (
 from .errors import ConfigError
 from .models import CONTENT_TYPES
 from .redaction import printable
+from .sources.catalog import AUDIT, DEFAULT_SOURCES, SOURCES
+from .sources.selection import sources_from_env
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,29 @@ class TenantConfig:
     ("O365_TENANT_ID", "O365_TENANTS[2].tenantId"): hints written for the single-tenant settings are
     renamed with it, so an admin is sent to the entry and not to settings that play no part."""
 
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    """Which sources of ``sources.catalog`` are collected (O365_SOURCES, an entry's ``sources``)."""
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every stream collected: the audit feed's content types (when it is a source), then each Graph log's."""
+        streams: list[str] = []
+        for name in self.sources:
+            spec = SOURCES[name]
+            streams.extend(self.content_types if name == AUDIT else spec.streams)
+        return tuple(streams)
+
+    def only_streams(self, streams: tuple[str, ...]) -> TenantConfig:
+        """This tenant restricted to those of its streams in ``streams`` (a list message's leased share)."""
+        kept = set(streams)
+        return replace(
+            self,
+            content_types=tuple(c for c in self.content_types if c in kept),
+            sources=tuple(
+                name for name in self.sources if name == AUDIT or any(s in kept for s in SOURCES[name].streams)
+            ),
+        )
+
     def in_own_terms(self, text: str) -> str:
         """``text`` with the single-tenant setting names it mentions replaced by this tenant's own."""
         for setting, own in self.setting_names:
@@ -243,6 +268,7 @@ def tenant_from_env(env: Environ, *, now: dt.datetime | None = None) -> TenantCo
         publisher_id=g.read(lambda: parse_guid("O365_PUBLISHER_ID", publisher), "") if publisher else tenant_id,
         content_types=g.read(lambda: content_types_from_env(env), CONTENT_TYPES),
         start_time=g.read(lambda: start_time_from_env(env, "O365_START_TIME", now), None),
+        sources=g.read(lambda: sources_from_env(env, cloud=cloud), DEFAULT_SOURCES),
     )
     g.raise_if_any()
     return tenant

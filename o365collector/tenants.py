@@ -22,7 +22,8 @@ An entry (JSON keys, or table columns of the same names)::
                  | "federated",                 # the app (clientId) trusting the identity by a federated
                                                 #   identity credential; each tenant consents to the app
      "contentTypes": ["Audit.Exchange", "DLP.All"], "startTime": "2026-11-01T00:00:00Z",
-     "sinks": ["splunk"], "enabled": true, "publisherId": "<guid>"}
+     "sinks": ["splunk"], "enabled": true, "publisherId": "<guid>",
+     "sources": ["audit", "signins"]}          # default: O365_SOURCES (else the audit feed only)
 
 Secrets are never stored in the registry, only references to where they are. A reference cannot
 reach beyond what is meant for it: ``setting:`` names only app settings that start with
@@ -52,6 +53,7 @@ from .envparse import Environ, Gatherer, get_secret, get_str, parse_guid
 from .errors import ConfigError
 from .models import CONTENT_TYPES
 from .redaction import printable, summary
+from .sources.selection import entry_sources
 from .tenant_config import (
     CLOUDS,
     MANAGED_IDENTITY,
@@ -86,6 +88,7 @@ ENTRY_KEYS = frozenset(
         "sinks",
         "enabled",
         "publisherId",
+        "sources",
     }
 )
 
@@ -180,6 +183,7 @@ def tenant_from_entry(
         sinks=sinks,
         name=_text(entry, "name", where),
         setting_names=_setting_names(entry, where),
+        sources=entry_sources(entry.get("sources"), env, where, cloud=cloud),
     )
 
 
@@ -371,7 +375,7 @@ class TableTenantRegistry:
     ) -> None:
         tenant = tenant_from_entry(entry, env, "tenant", sink_names, now=now)  # validate before storing anything
         row = {k: v for k, v in entry.items() if v is not None}
-        for key in ("contentTypes", "sinks"):
+        for key in ("contentTypes", "sinks", "sources"):
             if isinstance(row.get(key), list):
                 row[key] = ",".join(row[key])
         row.update({"PartitionKey": self.PARTITION, "RowKey": tenant.tenant_id, "tenantId": tenant.tenant_id})

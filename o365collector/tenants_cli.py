@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "holding this tenant's secret) or certificate:<file.pem> (in O365_CERTIFICATE_DIR)",
     )
     add.add_argument("--content-types", help="comma list (default: all five)")
+    add.add_argument(
+        "--sources",
+        help="comma list of audit, signins, directoryaudits, messagetrace (default: O365_SOURCES, else audit)",
+    )
     add.add_argument("--start-time", help="ISO-8601 start of collection (default: as far back as the API allows)")
     add.add_argument("--sinks", help="comma list of SINK_TYPE names this tenant's records go to (default: all)")
     add.add_argument("--publisher-id", help="PublisherIdentifier (default: O365_PUBLISHER_ID or the tenant id)")
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             "clientId": args.client_id,
             "credential": args.credential,
             "contentTypes": args.content_types,
+            "sources": args.sources,
             "startTime": args.start_time,
             "sinks": args.sinks,
             "publisherId": args.publisher_id,
@@ -125,6 +130,7 @@ def _list(registry: TableTenantRegistry, env: Environ, sink_names: tuple[str, ..
                 entry.get("enabled", True) is not False,
                 cell.get("credential") or "shared",
                 cell.get("contentTypes") or "all",
+                cell.get("sources") or f"{printable(get_str(env, 'O365_SOURCES') or 'audit')} (O365_SOURCES)",
             )
         )
     for problem in problems.problems:
@@ -132,11 +138,14 @@ def _list(registry: TableTenantRegistry, env: Environ, sink_names: tuple[str, ..
     return 1 if problems.problems else 0
 
 
-HEADER = f"{'tenant':<38} {'name':<20} {'cloud':<10} {'enabled':<8} {'credential':<28} content types"
+HEADER = f"{'tenant':<38} {'name':<20} {'cloud':<10} {'enabled':<8} {'credential':<28} {'sources':<30} content types"
 
 
-def _row(tenant_id: str, name: str, cloud: str, enabled: bool, credential: str, content_types: str) -> str:
-    return f"{tenant_id:<38} {name:<20} {cloud:<10} {'yes' if enabled else 'no':<8} {credential:<28} {content_types}"
+def _row(
+    tenant_id: str, name: str, cloud: str, enabled: bool, credential: str, content_types: str, sources: str
+) -> str:
+    enabled_text = "yes" if enabled else "no"
+    return f"{tenant_id:<38} {name:<20} {cloud:<10} {enabled_text:<8} {credential:<28} {sources:<30} {content_types}"
 
 
 def _list_settings(tenants: Iterable[TenantConfig], env: Environ) -> int:
@@ -166,6 +175,7 @@ def _list_settings(tenants: Iterable[TenantConfig], env: Environ) -> int:
             tenant.enabled,
             credential,
             ",".join(tenant.content_types),
+            ",".join(tenant.sources),
         )
         print(f"{row}  {where}")
     return 0

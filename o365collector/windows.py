@@ -46,8 +46,8 @@ class WindowPlan:
     True with no sweep windows on a first run: every window is listed from now on."""
 
 
-def earliest_listable(now: dt.datetime) -> dt.datetime:
-    return now - RETENTION + RETENTION_MARGIN
+def earliest_listable(now: dt.datetime, retention: dt.timedelta = RETENTION) -> dt.datetime:
+    return now - retention + RETENTION_MARGIN
 
 
 def plan_windows(
@@ -61,7 +61,7 @@ def plan_windows(
     """The windows to list, oldest first. ``cursor`` is the end of the last window fully enqueued,
     ``last_sweep`` when the last late sweep was planned (None: never)."""
     end = now - policy.end_delay
-    earliest = earliest_listable(now)
+    earliest = earliest_listable(now, policy.retention)
     lost: TimeWindow | None = None
     future = False
 

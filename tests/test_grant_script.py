@@ -1,5 +1,6 @@
-"""scripts/grant-api-access.sh grants the Office 365 Management APIs' app roles to the collector's managed
-identity, or adds a federated identity credential to an app registration, through Microsoft Graph (az rest).
+"""scripts/grant-api-access.sh grants the Office 365 Management APIs' app roles (and, with --sources, the Microsoft
+Graph roles of the Graph sources) to the collector's managed identity, or adds a federated identity credential to
+an app registration, through Microsoft Graph (az rest).
 
 A fake `az` on PATH plays Microsoft Graph over a small state file and records every call. Its app role ids are
 made up for each test, so the script can only pass by finding the roles by their value.
@@ -21,6 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "grant-api-access.sh"
 O365_MANAGEMENT_APP_ID = "c5393580-f805-4401-95e8-94b7a6ef2fc2"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+MESSAGE_TRACE_APP_ID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
 TENANT = "22222222-2222-2222-2222-222222222222"
 PRINCIPAL = "33333333-3333-3333-3333-333333333333"
 APP = "44444444-4444-4444-4444-444444444444"
@@ -48,6 +51,13 @@ elif argv[:1] == ["rest"]:
     assert url.startswith(opt("--resource") + "/v1.0/"), argv
     if "servicePrincipals?$filter=appId%20eq%20'{app_id}'" in url:
         reply = {{"value": state["resource"]}}
+    elif "servicePrincipals?$filter=appId%20eq%20'{graph_app_id}'" in url:
+        reply = {{"value": state["graph_resource"]}}
+    elif "servicePrincipals?$filter=appId%20eq%20'{trace_app_id}'" in url:
+        key = "trace_principals"
+    elif url.endswith("/v1.0/servicePrincipals"):
+        assert method == "post", argv
+        key = "trace_principals"
     elif url.endswith("/servicePrincipals/" + state["principal"] + "/appRoleAssignments"):
         key = "assignments"
     elif url.endswith("/applications(appId='" + state["app"] + "')/federatedIdentityCredentials"):
@@ -77,7 +87,14 @@ class Graph:
         self.bin = tmp_path / "bin"
         self.bin.mkdir()
         az = self.bin / "az"
-        az.write_text(FAKE_AZ.format(python=sys.executable, app_id=O365_MANAGEMENT_APP_ID))
+        az.write_text(
+            FAKE_AZ.format(
+                python=sys.executable,
+                app_id=O365_MANAGEMENT_APP_ID,
+                graph_app_id=GRAPH_APP_ID,
+                trace_app_id=MESSAGE_TRACE_APP_ID,
+            )
+        )
         az.chmod(az.stat().st_mode | stat.S_IXUSR)
         self.log = tmp_path / "az.log"
         self.state_path = tmp_path / "state.json"
@@ -92,12 +109,29 @@ class Graph:
                 for value, role_id in self.roles.items()
             ],
         }
+        # Microsoft Graph's roles, also made up per test; a delegated-only scope of the same value must not match.
+        graph_values = ("AuditLog.Read.All", "ExchangeMessageTrace.Read.All", "Directory.Read.All")
+        self.graph_roles = {value: str(uuid.uuid4()) for value in graph_values}
+        self.graph_resource_id = str(uuid.uuid4())
+        graph_resource = {
+            "id": self.graph_resource_id,
+            "appId": GRAPH_APP_ID,
+            "appRoles": [
+                {"id": str(uuid.uuid4()), "value": "AuditLog.Read.All", "allowedMemberTypes": ["User"]},
+                *(
+                    {"id": role_id, "value": value, "allowedMemberTypes": ["Application"]}
+                    for value, role_id in self.graph_roles.items()
+                ),
+            ],
+        }
         self.write({
             "tenant": TENANT,
             "principal": PRINCIPAL,
             "uami": UAMI,
             "app": APP,
             "resource": [resource],
+            "graph_resource": [graph_resource],
+            "trace_principals": [],
             "assignments": [],
             "credentials": [],
         })
@@ -226,6 +260,79 @@ def test_federated_dry_run_writes_nothing(graph: Graph) -> None:
 )
 def test_bad_arguments_are_refused_before_any_call(graph: Graph, args: tuple[str, ...], message: str) -> None:
     result = graph.run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert graph.calls() == []
+
+
+# --- --sources: the Microsoft Graph sources ------------------------------------------------------------
+
+
+def test_sources_grant_the_graph_roles_found_by_value_and_create_the_trace_principal_once(graph: Graph) -> None:
+    args = ("--identity", PRINCIPAL, "--sources", "audit,signins,directoryaudits,messagetrace")
+    first = graph.run(*args)
+    assert first.returncode == 0, first.stderr
+    assert graph.state["assignments"] == [
+        {"principalId": PRINCIPAL, "resourceId": graph.resource_id, "appRoleId": graph.roles["ActivityFeed.Read"]},
+        {
+            "principalId": PRINCIPAL,
+            "resourceId": graph.graph_resource_id,
+            "appRoleId": graph.graph_roles["AuditLog.Read.All"],
+        },
+        {
+            "principalId": PRINCIPAL,
+            "resourceId": graph.graph_resource_id,
+            "appRoleId": graph.graph_roles["ExchangeMessageTrace.Read.All"],
+        },
+    ], "AuditLog.Read.All once for both Entra sources; nothing more than the sources need"
+    assert graph.state["trace_principals"] == [{"appId": MESSAGE_TRACE_APP_ID}]
+    assert "several hours" in first.stdout
+    again = graph.run(*args)
+    assert again.returncode == 0, again.stderr
+    assert graph.writes() == [], "a second run assigns and creates nothing"
+    assert again.stdout.count("already granted") == 3
+    assert "already in tenant" in again.stdout
+
+
+def test_graph_sources_alone_grant_no_audit_feed_role(graph: Graph) -> None:
+    result = graph.run("--identity", PRINCIPAL, "--sources", "signins")
+    assert result.returncode == 0, result.stderr
+    assert [a["appRoleId"] for a in graph.state["assignments"]] == [graph.graph_roles["AuditLog.Read.All"]]
+    assert graph.state["trace_principals"] == [], "only messagetrace needs the trace service principal"
+
+
+def test_sources_dry_run_writes_nothing(graph: Graph) -> None:
+    result = graph.run("--identity", PRINCIPAL, "--sources", "signins,messagetrace", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert graph.writes() == []
+    assert graph.state["assignments"] == []
+    assert graph.state["trace_principals"] == []
+    assert result.stdout.count("would POST") == 3  # two Graph roles and the trace service principal
+    assert graph.graph_roles["ExchangeMessageTrace.Read.All"] in result.stdout
+    assert MESSAGE_TRACE_APP_ID in result.stdout
+
+
+def test_federated_with_sources_names_the_graph_permissions_and_the_trace_principal_step(graph: Graph) -> None:
+    result = graph.run("--federated", "--app-id", APP, "--identity", PRINCIPAL, "--sources", "audit,messagetrace")
+    assert result.returncode == 0, result.stderr
+    assert "Microsoft Graph application permissions: ExchangeMessageTrace.Read.All" in result.stdout
+    assert f"az ad sp create --id {MESSAGE_TRACE_APP_ID}" in result.stdout
+    assert graph.state["assignments"] == []
+    assert graph.state["trace_principals"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--sources", "audit,signin"), "unknown source 'signin'"),
+        (("--sources", "signins,signins"), "lists 'signins' twice"),
+        (("--sources", ","), "--sources is empty"),
+        (("--sources", "messagetrace", "--cloud", "GCCHigh"), "global service only"),
+        (("--sources", "signins", "--dlp"), "add audit to --sources"),
+    ],
+)
+def test_bad_sources_are_refused_before_any_call(graph: Graph, args: tuple[str, ...], message: str) -> None:
+    result = graph.run("--identity", PRINCIPAL, *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert graph.calls() == []

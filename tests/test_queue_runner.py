@@ -193,7 +193,8 @@ def worker(collector: Collector, deliveries: list[tuple[str, int]] | None = None
     fetcher = Fetcher(
         ledger=collector.ledger,
         sinks_for_tenant=collector.sinks_for,
-        api_for_tenant=collector.api,
+        client_for=collector.client,
+        history=collector.unit_memos,
         claim_lease=LEASE,
         clock=collector.clock,
     )

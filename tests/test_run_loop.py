@@ -168,7 +168,7 @@ def test_demo_collects_every_simulated_record_into_ndjson_files(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     counts = dict(re.findall(r"^\s+(\S+)\s+(\d+ / \d+)$", result.stdout, re.MULTILINE))
-    assert len(counts) == 5, result.stdout
+    assert len(counts) == 8, result.stdout  # the audit feed's five content types and the three Graph logs
     for content_type, pair in counts.items():
         shipped, served = (int(n) for n in pair.split(" / "))
         assert shipped == served > 0, f"{content_type}: {pair}"
@@ -202,10 +202,10 @@ def test_demo_keep_running_prints_settings_that_status_can_use_then_stops_on_ctr
         )  # fmt: skip
         assert status.returncode == 0, status.stdout[-2000:] + status.stderr[-2000:]
         report = json.loads(status.stdout)
-        assert len(report["streams"]) == 5
+        assert len(report["streams"]) == 8  # every source: the audit feed's five and the three Graph logs
         assert all(stream["last_success_at"] for stream in report["streams"])
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)
     assert code == 0, log.read_text()[-2000:]
-    assert "records per content type" in log.read_text()
+    assert "records per stream" in log.read_text()

@@ -85,7 +85,7 @@ def test_a_run_stops_starting_windows_once_the_list_budget_is_spent(
     lister = Lister(
         tenants=collector.tenants(),
         policy=collector.settings.policy,
-        api_for_tenant=collector.api,
+        client_for=collector.client,
         checkpoints=collector.checkpoints,
         queue=collector.queue,
         clock=collector.clock,

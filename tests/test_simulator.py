@@ -165,7 +165,8 @@ def test_wrong_secret_is_refused_with_aadsts7000215(sim: Simulator) -> None:
         (TENANT, "00000000-1111-4222-8333-444444444444", SCOPE, 400, "unauthorized_client", "AADSTS700016"),
         ("12345678-1111-4222-8333-444444444444", CLIENT, SCOPE, 400, "invalid_request", "AADSTS90002"),
         (TENANT, CLIENT, "https://manage.office.com", 400, "invalid_scope", "AADSTS1002012"),
-        (TENANT, CLIENT, "https://graph.microsoft.com/.default", 400, "invalid_resource", "AADSTS500011"),
+        # Microsoft Graph is now a resource the app may hold roles on (test_simulator_graph.py); another is not.
+        (TENANT, CLIENT, "https://outlook.office365.com/.default", 400, "invalid_resource", "AADSTS500011"),
         (TENANT, CLIENT, "https://manage-gcc.office.com/.default", 200, None, None),
     ],
 )

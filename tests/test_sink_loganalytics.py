@@ -565,7 +565,8 @@ def test_template_deploys_table_dcr_and_role_with_the_sink_defaults() -> None:
     assert body["parameters"]["streamName"]["defaultValue"] == DEFAULT_STREAM
     dcr = resource("Microsoft.Insights/dataCollectionRules")
     assert dcr["kind"] == "Direct"
-    (flow,) = dcr["properties"]["dataFlows"]
+    # The audit stream's flow (the Microsoft Graph streams' flows are tests/test_sink_labels.py's).
+    (flow,) = [f for f in dcr["properties"]["dataFlows"] if "[parameters('streamName')]" in f["streams"]]
     assert flow["streams"] == ["[parameters('streamName')]"]
     assert flow["outputStream"] == "[format('Custom-{0}', parameters('tableName'))]"
     assert "extend TimeGenerated = todatetime(CreationTime)" in body["variables"]["transformKql"]

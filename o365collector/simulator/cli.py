@@ -31,6 +31,8 @@ from .store import TenantSpec
 DEMO_TENANT_ID = "0d5e1c7a-3f2b-4a69-9e84-5c1d2b3a4f60"
 DEMO_CLIENT_ID = "a7c3e9f1-6b2d-4e85-8f10-2d4c6e8a0b13"
 DEMO_CLIENT_SECRET = "simulator-demo-secret"  # noqa: S105 - a published demo value, guards only 127.0.0.1
+# One Graph record per stream about every N minutes in the demo history.
+DEMO_GRAPH_EVERY_MINUTES = {"Entra.SignIns": 10, "Entra.DirectoryAudits": 30, "Exchange.MessageTrace": 10}
 
 
 def demo_environment(sim: Simulator, spec: TenantSpec) -> dict[str, str]:
@@ -160,6 +162,10 @@ def build(args: argparse.Namespace, now: dt.datetime) -> tuple[Simulator, Tenant
             records_per_blob=(1, max(1, args.records_per_blob)),
             listing_delay=dt.timedelta(minutes=args.listing_delay_minutes),
         )
+    # Microsoft Graph logs for the Graph sources (graph.py): served from their time + a few minutes' lag.
+    for stream, minutes in DEMO_GRAPH_EVERY_MINUTES.items():
+        graph_every = dt.timedelta(minutes=minutes)
+        sim.generate_graph(spec.tenant_id, stream, start, now + dt.timedelta(days=1), every=graph_every)
     sim.options.quota_per_minute = args.quota_per_minute
     for route in ("list", "fetch", "subscriptions"):
         if args.throttle_rate:
@@ -187,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
         print_environment(env)
         blobs = sim.blobs(spec.tenant_id)
         records = sum(len(b.records) for b in blobs)
+        graph = len(sim.graph_records(spec.tenant_id))
         print(
-            f"# simulator on {sim.api_url}: {len(blobs)} blobs, {records} records "
+            f"# simulator on {sim.api_url}: {len(blobs)} blobs, {records} records, {graph} Graph records "
             f"(some become listable over the next day); Ctrl+C to stop",
             file=sys.stderr,
         )

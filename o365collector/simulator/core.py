@@ -24,6 +24,9 @@ from .data import Record, SimBlob
 from .faults import Fault, FaultInjector, fault_response
 from .feed import ActivityFeed
 from .feed import match as match_feed
+from .graph import GraphService
+from .graph import match as match_graph
+from .graph_data import GraphRecord
 from .identity import IdentityService
 from .keyvault import KeyVaultService
 from .keyvault import match as match_vault
@@ -66,6 +69,10 @@ class Simulator:
         self._tokens.federated = self.identity.check_federated
         self.identity.vault_token = self.key_vault.token_for  # the identity's token for the vault
         self._feed = ActivityFeed(self._store, self._tokens, self.config, self.options, self.now, self._our_api_url)
+        # Microsoft Graph's sign-ins, directory audits and message trace, on the same origin (graph.py).
+        self.graph = GraphService(
+            self._store, self._tokens, self.options, self.now, self._our_api_url, self.config.seed
+        )
         self._server: HttpsServer | None = None
         self._port: int | None = None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -173,6 +180,39 @@ class Simulator:
         """Forget every issued token: the next API call with one answers 401."""
         self._tokens.revoke_all()
 
+    # -- Microsoft Graph logs (graph.py, graph_data.py) -----------------------------------------
+
+    def generate_graph(
+        self,
+        tenant_id: str,
+        stream: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        every: dt.timedelta = dt.timedelta(minutes=5),
+        lag: tuple[dt.timedelta, dt.timedelta] = (dt.timedelta(seconds=30), dt.timedelta(minutes=5)),
+    ) -> list[GraphRecord]:
+        """Records of a Graph stream (``Entra.SignIns``, ``Entra.DirectoryAudits``, ``Exchange.MessageTrace``)
+        about every ``every`` in ``[start, end)``; each is served from its time + a lag drawn in ``lag``.
+        Records older than the stream's retention are kept (ground truth) but never served."""
+        return self.graph.records.generate(tenant_id, stream, start, end, every=every, lag=lag)
+
+    def add_graph_record(
+        self,
+        tenant_id: str,
+        stream: str,
+        time: dt.datetime,
+        *,
+        available_at: dt.datetime | None = None,
+        record_id: str | None = None,
+    ) -> GraphRecord:
+        """One hand-made Graph record (served from ``available_at``, default: its time)."""
+        return self.graph.records.add(tenant_id, stream, time, available_at=available_at, record_id=record_id)
+
+    def graph_records(self, tenant_id: str, stream: str | None = None) -> list[GraphRecord]:
+        """Ground truth: every Graph record generated for the tenant (of one stream if given), by (time, id)."""
+        return self.graph.records.records(tenant_id, stream)
+
     # -- server ---------------------------------------------------------------------------------
 
     def start(self) -> Simulator:
@@ -273,10 +313,14 @@ class Simulator:
     def _dispatch(self, request: Request) -> Response | None:
         arrived = time.monotonic()
         feed_route = match_feed(request.segments)
-        token_route = None if feed_route else match_token(request.segments)
-        vault_route = None if feed_route or token_route else match_vault(request.segments)
+        graph_route = None if feed_route else match_graph(request.segments)
+        token_route = None if feed_route or graph_route else match_token(request.segments)
+        vault_route = None if feed_route or graph_route or token_route else match_vault(request.segments)
+        tenant: str | None
         if feed_route is not None:
             route, tenant = feed_route.stats_route, feed_route.tenant
+        elif graph_route is not None:
+            route, tenant = graph_route.name, self.graph.tenant_of(request)
         elif token_route is not None:
             route, tenant = token_route
         elif vault_route is not None:
@@ -303,7 +347,10 @@ class Simulator:
             if fault.kind == "drop":
                 log(None, fault.kind)
                 return None
-            injected = fault_response(fault, route, publisher, request.path, request=request)
+            if graph_route is not None:
+                injected = self.graph.fault(fault, request)
+            else:
+                injected = fault_response(fault, route, publisher, request.path, request=request)
             if injected is not None:
                 if feed_route is not None and injected.content_type and "json" in injected.content_type:
                     injected.headers.extend(FEED_HEADERS)
@@ -316,6 +363,10 @@ class Simulator:
                 time.sleep(self.config.latency_seconds)
             response, fetched = self._feed.handle(request, feed_route)
             response.headers.extend(FEED_HEADERS)
+        elif graph_route is not None:
+            if self.config.latency_seconds:
+                time.sleep(self.config.latency_seconds)
+            response = self.graph.handle(request, graph_route)
         elif token_route is not None:
             response = self._answer_token(request, route, tenant)
         elif vault_route is not None:

@@ -19,7 +19,12 @@ from .wire import Request, Response, af_error, http_sys_error, json_response, no
 FaultKind = Literal[
     "throttle", "http429", "server_error", "unavailable", "request_timeout", "slow", "drop", "bare_404", "echo"
 ]
-FaultRoute = Literal["list", "fetch", "subscriptions", "token", "any"]
+FaultRoute = Literal[
+    "list", "fetch", "subscriptions", "token", "any", "graph", "signins", "directoryaudits", "messagetrace",
+    "messagetracedetails",
+]
+# Microsoft Graph's routes (graph.py); the route "graph" matches any of them.
+GRAPH_ROUTES = frozenset({"signins", "directoryaudits", "messagetrace", "messagetracedetails"})
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 
@@ -34,7 +39,10 @@ class Fault:
 
     ``route``: ``list`` (subscriptions/content and /notifications), ``fetch`` (audit/{contentId}),
     ``subscriptions`` (start/stop/list), ``token`` (the token POST; OpenID discovery is only hit by
-    ``any``) or ``any``. ``delay_seconds`` is slept before the fault acts (``slow`` then answers
+    ``any``), ``any``, or Microsoft Graph's ``signins``, ``directoryaudits``, ``messagetrace``,
+    ``messagetracedetails`` and ``graph`` (all four), answered in Graph's shape (graph.py: ``throttle`` and
+    ``http429`` are 429, ``server_error`` 500, ``unavailable`` 503, ``request_timeout`` 504).
+    ``delay_seconds`` is slept before the fault acts (``slow`` then answers
     normally; ``drop`` after a delay looks like a client timeout). ``retry_after`` adds a
     ``Retry-After`` header (whole seconds, rounded up), which the real service is not documented to send.
     ``tenant_id`` limits the fault to one tenant's requests.
@@ -68,7 +76,9 @@ class Fault:
             raise ValueError("delay_seconds must be >= 0")
 
     def matches(self, route: str, tenant_id: str | None) -> bool:
-        if self.route != "any" and self.route != route:
+        if self.route == "graph" and route in GRAPH_ROUTES:
+            pass
+        elif self.route != "any" and self.route != route:
             return False
         return self.tenant_id is None or (tenant_id or "").lower() == self.tenant_id.lower()
 

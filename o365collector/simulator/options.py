@@ -72,3 +72,10 @@ class SimulatorOptions:
     quota_window: dt.timedelta = dt.timedelta(minutes=1)
     # Webhook push behaviour: batch size, duplicates, shuffling, backoff, disabling (push.py).
     push: PushOptions = field(default_factory=PushOptions)
+    # Microsoft Graph requests allowed per tenant per ``graph_window`` (simulator clock); beyond, 429 with
+    # Retry-After (graph.py). 0 = off. Graph publishes no figure for these APIs; tests pick their own.
+    graph_requests_per_window: int = 0
+    graph_window: dt.timedelta = dt.timedelta(seconds=10)
+    # The documented $filter operators on the time fields are ge/le (eq); the collector's windows use
+    # ``lt`` for their end. True refuses lt/gt with 400 "Invalid filter clause", as the documentation reads.
+    graph_strict_filter_operators: bool = False

@@ -37,6 +37,10 @@ class TenantSpec:
     subscribed: tuple[str, ...] = ()
     # True: the client secret is right but past its end date; the token endpoint answers AADSTS7000222.
     secret_expired: bool = False
+    # Microsoft Graph application permissions granted to the app (a Graph token's ``roles``, graph.py).
+    graph_roles: tuple[str, ...] = ("AuditLog.Read.All", "ExchangeMessageTrace.Read.All")
+    # False: no Entra ID P1/P2 licence; sign-ins answer 403 Authentication_RequestFromNonPremiumTenantOrB2CTenant.
+    entra_premium: bool = True
 
 
 @dataclass(slots=True)

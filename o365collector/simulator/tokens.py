@@ -32,7 +32,13 @@ from .wire import Response, json_response
 MANAGE_HOSTS = frozenset(
     {"manage.office.com", "manage-gcc.office.com", "manage.office365.us", "manage.protection.apps.mil"}
 )
+# Microsoft Graph per cloud (global, US Gov L4, US Gov L5 DoD): a token for one is refused by the feed and vice versa.
+GRAPH_HOSTS = frozenset({"graph.microsoft.com", "graph.microsoft.us", "dod-graph.microsoft.us"})
 _RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access"})
+
+
+def is_graph_audience(audience: str) -> bool:
+    return audience.lower().removeprefix("https://") in GRAPH_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +179,9 @@ class TokenService:
             )
             return self._error(400, "invalid_resource", 500011, message), None
         now = self._clock()
-        issued = IssuedToken(spec.tenant_id, spec.client_id, spec.roles, audience, now, now + self._lifetime)
+        # A Graph token's roles are the Graph application permissions granted (store.TenantSpec.graph_roles).
+        roles = spec.graph_roles if is_graph_audience(audience) else spec.roles
+        issued = IssuedToken(spec.tenant_id, spec.client_id, roles, audience, now, now + self._lifetime)
         access_token = self._encode(issued)
         with self._lock:
             self._tokens[access_token] = issued
@@ -218,17 +226,29 @@ class TokenService:
     # -- used by the feed -----------------------------------------------------------------------
 
     def validate(self, authorization: str | None) -> IssuedToken | None:
-        """The token behind an ``Authorization: Bearer …`` header, or None if missing/unknown/expired."""
-        if not authorization:
-            return None
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            return None
-        with self._lock:
-            issued = self._tokens.get(value.strip())
-        if issued is None or self._clock() >= issued.expires_at:
+        """The feed's token behind an ``Authorization: Bearer …`` header, or None if missing/unknown/expired
+        or issued for Microsoft Graph (another audience)."""
+        issued, _ = self.inspect(authorization)
+        if issued is None or is_graph_audience(issued.audience):
             return None
         return issued
+
+    def inspect(self, authorization: str | None) -> tuple[IssuedToken | None, str]:
+        """The valid token behind the header, or None and why: ``empty``, ``malformed``, ``unknown``, ``expired``."""
+        if not authorization:
+            return None, "empty"
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None, "empty"
+        if value.strip().count(".") != 2:
+            return None, "malformed"
+        with self._lock:
+            issued = self._tokens.get(value.strip())
+        if issued is None:
+            return None, "unknown"
+        if self._clock() >= issued.expires_at:
+            return None, "expired"
+        return issued, ""
 
     def revoke_all(self) -> None:
         with self._lock:
@@ -238,13 +258,14 @@ class TokenService:
 
     @staticmethod
     def _audience(scope: str) -> str | None:
-        """``https://manage.office.com`` for its ``/.default`` scope; "" for another resource; None if malformed."""
+        """``https://manage.office.com`` (or a Graph root) for its ``/.default`` scope; "" for another resource;
+        None if malformed."""
         scopes = [s for s in scope.split() if s.lower() not in _RESERVED_SCOPES]
         if len(scopes) != 1 or not scopes[0].lower().endswith("/.default"):
             return None
         resource = scopes[0][: -len("/.default")].rstrip("/")
         host = resource.lower().removeprefix("https://")
-        return f"https://{host}" if host in MANAGE_HOSTS else ""
+        return f"https://{host}" if host in MANAGE_HOSTS or host in GRAPH_HOSTS else ""
 
     def _encode(self, issued: IssuedToken) -> str:
         tid = issued.tenant_id

@@ -28,6 +28,9 @@ SINK_ELASTICSEARCH_PRESERVE_ORIGINAL is on. ``auto`` (the default) is ``integrat
 index is such a data stream and no ``SINK_ELASTICSEARCH_PIPELINE`` is named: ``?pipeline=`` would
 replace the data stream's default pipeline, so the integration shape never sends one.
 
+Records of the Microsoft Graph streams (sign-ins, directory audits, message trace) go to data streams of
+their own, whatever the settings above say (they name the audit feed's index): see ``elastic_graph``.
+
 The integration shape sends no ``_id``: the integration's pipeline sets ``_id`` to a fingerprint of
 ``o365audit.Id`` whatever the request says, so that fingerprint is the idempotency key, and a
 redelivered record answers 409 as above. It is not scoped by tenant: two tenants' records with the
@@ -78,8 +81,10 @@ from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransi
 from ..models import BlobContext, Record
 from ..redaction import register_secret
 from ..retry import RetryPolicy
+from . import elastic_graph
 from .batching import NDJSON, Batch, iter_batches, serialize
 from .httpcore import EXCERPT_CHARS, USER_AGENT, HttpCore, Target, excerpt, is_transient_status, parse_base_url, snippet
+from .streams import is_graph_stream
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +343,7 @@ class ElasticsearchSink:
         # Only the integration shape uses it; from_env guarantees the index matches for that shape.
         self._namespace = stream.group("namespace") if stream is not None else None
         self._integration = settings.shape == "integration"
+        self._graph_namespace = elastic_graph.namespace_of(settings.index)
 
     def check(self) -> None:
         """Probe the cluster with our credentials: ``GET /``, then ``HEAD /<index>``; nothing is written.
@@ -387,7 +393,7 @@ class ElasticsearchSink:
             framing=NDJSON,
             max_bytes=self._settings.batch_max_bytes,
             max_records=self._settings.batch_max_records,
-            serialize=lambda index: self._operation(records, index, context.tenant_id),
+            serialize=lambda index: self._operation(records, index, context.tenant_id, context.content_type),
         ):
             if batch.oversize:
                 log.warning(
@@ -399,7 +405,7 @@ class ElasticsearchSink:
                     self._settings.batch_max_bytes,
                     extra=extra,
                 )
-            self._send_batch(records, batch, context.tenant_id, extra)
+            self._send_batch(records, batch, context.tenant_id, extra, context.content_type)
             batches += 1
         log.debug(
             "elasticsearch sink: %d records of content %s accepted in %d batches",
@@ -414,8 +420,10 @@ class ElasticsearchSink:
 
     # -- wire format
 
-    def _operation(self, records: Sequence[Record], index: int, tenant_id: str) -> bytes:
+    def _operation(self, records: Sequence[Record], index: int, tenant_id: str, stream: str = "") -> bytes:
         """The action line and the document line of record ``index`` (NDJSON adds the final newline)."""
+        if is_graph_stream(stream):
+            return self._graph_operation(records, index, tenant_id, stream)
         meta: dict[str, str] = {"_index": self._settings.index}
         if self._integration and self._namespace is not None:
             # No _id: the integration's pipeline sets _id to a fingerprint of the record's Id whatever
@@ -429,6 +437,21 @@ class ElasticsearchSink:
         if doc_id is not None:
             meta["_id"] = doc_id
         return orjson.dumps({"create": meta}) + b"\n" + serialize(record)
+
+    def _graph_operation(self, records: Sequence[Record], index: int, tenant_id: str, stream: str) -> bytes:
+        record = records[index]
+        meta = {"_index": elastic_graph.data_stream(stream, self._graph_namespace)}
+        doc_id = elastic_graph.document_id(record, stream, tenant_id)
+        if doc_id is not None:
+            meta["_id"] = doc_id
+        document = elastic_graph.graph_document(
+            record,
+            record_json(records, index),
+            stream,
+            self._graph_namespace,
+            preserve_original=self._settings.preserve_original,
+        )
+        return orjson.dumps({"create": meta}) + b"\n" + document
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT}
@@ -446,17 +469,21 @@ class ElasticsearchSink:
 
     # -- sending
 
-    def _send_batch(self, records: Sequence[Record], batch: Batch, tenant_id: str, extra: dict[str, Any]) -> None:
+    def _send_batch(
+        self, records: Sequence[Record], batch: Batch, tenant_id: str, extra: dict[str, Any], stream: str = ""
+    ) -> None:
         """Send one batch; documents throttled per item are sent again on their own until accepted."""
         pending = list(range(batch.first, batch.stop))
         body = batch.body
+        # SINK_ELASTICSEARCH_PIPELINE is for audit records; Graph data streams run their own default pipeline.
+        params = None if is_graph_stream(stream) else self._params
 
         def attempt() -> None:
             nonlocal pending, body
-            remaining = self._post_bulk(body, pending)
+            remaining = self._post_bulk(body, pending, params)
             if remaining:
                 pending = remaining
-                body = NDJSON.encode([self._operation(records, i, tenant_id) for i in remaining])
+                body = NDJSON.encode([self._operation(records, i, tenant_id, stream) for i in remaining])
                 raise SinkTransientError(
                     f"{self._core.endpoint} asked to retry {len(remaining)} of {batch.count} documents "
                     "(429 or 5xx per item: the cluster is busy)"
@@ -472,12 +499,12 @@ class ElasticsearchSink:
                 extra=extra,
             )
 
-    def _post_bulk(self, body: bytes, sent: list[int]) -> list[int]:
+    def _post_bulk(self, body: bytes, sent: list[int], params: dict[str, str] | None = None) -> list[int]:
         """POST one ``_bulk`` body holding the records at ``sent``; returns those to send again."""
         headers = self._headers()
         headers["Content-Type"] = NDJSON.content_type
         response = self._core.request(
-            "POST", self._settings.url + "/_bulk", headers=headers, body=body, params=self._params
+            "POST", self._settings.url + "/_bulk", headers=headers, body=body, params=params
         )
         with response:
             if not 200 <= response.status_code < 300:

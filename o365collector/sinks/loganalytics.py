@@ -12,6 +12,13 @@ in ``infra/logs-ingestion.json``) keeps every field, including those a later API
 ``TimeGenerated``, and the OfficeActivity names and types of its columns, come from the DCR's
 transformation, not from the sink.
 
+``SINK_LOGANALYTICS_STREAM`` names the audit feed's stream, as before. Records of the Microsoft Graph streams
+go to fixed streams of the same DCR, each with a custom table of its own (the built-in SigninLogs and
+AuditLogs tables cannot be written through the Logs Ingestion API): ``Custom-O365SignInLogs``,
+``Custom-O365DirectoryAuditLogs`` and ``Custom-O365MessageTrace`` (``sources.catalog.LABELS``; declared,
+with their tables and transformations, by ``infra/logs-ingestion.json``). They carry the whole record in
+``AuditRecord`` too.
+
 Authentication (one of, checked at start-up):
 
 * ``SINK_LOGANALYTICS_TENANT_ID`` + ``SINK_LOGANALYTICS_APP_CLIENT_ID`` + ``SINK_LOGANALYTICS_CLIENT_SECRET``:
@@ -79,6 +86,7 @@ from ..envparse import Environ, Secret, get_float, get_int, get_secret, get_str,
 from ..errors import CollectorError, ConfigError, SinkPermanentError, SinkTransientError, error_chain, root_reason
 from ..models import BlobContext, Record
 from ..redaction import summary
+from .streams import is_graph_stream, labels_for
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +413,7 @@ class LogAnalyticsSink:
             "content_type": context.content_type,
             "content_id": context.content_id,
         }
+        stream = self.stream_for(context.content_type)
         logs = [with_record_column(record) for record in records]
         positions = {id(log): index for index, log in enumerate(logs)}
         failed_attempts: list[int] = []
@@ -416,12 +425,10 @@ class LogAnalyticsSink:
 
         def on_error(failure: LogsUploadError) -> NoReturn:
             first = positions.get(id(failure.failed_logs[0]), -1) if failure.failed_logs else -1
-            raise self._upload_error(failure.error, context, first, len(failure.failed_logs)) from failure.error
+            raise self._upload_error(failure.error, context, first, len(failure.failed_logs), stream) from failure.error
 
         # Every failure inside upload() happens in a chunk and reaches on_error, which raises.
-        self._client.upload(
-            self._settings.dcr_id, self._settings.stream, logs, on_error=on_error, raw_response_hook=count_failures
-        )
+        self._client.upload(self._settings.dcr_id, stream, logs, on_error=on_error, raw_response_hook=count_failures)
         if failed_attempts:
             log.warning(
                 "loganalytics sink: %d records of content %s accepted after %d retried answers (last %d)",
@@ -439,9 +446,15 @@ class LogAnalyticsSink:
         if callable(close):
             close()
 
+    def stream_for(self, content_type: str) -> str:
+        """The DCR stream for records of ``content_type``: SINK_LOGANALYTICS_STREAM for the audit feed's."""
+        return labels_for(content_type).log_analytics_stream if is_graph_stream(content_type) else self._settings.stream
+
     # -- classification
 
-    def _upload_error(self, err: Exception, context: BlobContext, first: int, count: int) -> CollectorError:
+    def _upload_error(
+        self, err: Exception, context: BlobContext, first: int, count: int, stream: str | None = None
+    ) -> CollectorError:
         if isinstance(err, _SignInError):
             return self._sign_in_error(err.error)
         if isinstance(err, HttpResponseError) and err.response is not None and err.status_code is not None:
@@ -457,7 +470,9 @@ class LogAnalyticsSink:
                     f"{context.content_id}: larger than one call may carry (1 MiB)"
                 )
             detail = _ServiceError.of(err.response)
-            return self._status_error(status, detail, retry_after=_retry_after(err.response), retried=True)
+            return self._status_error(
+                status, detail, retry_after=_retry_after(err.response), retried=True, stream=stream
+            )
         if isinstance(err, AzureError):
             return self._transport_error(err)
         # Anything else (a record the SDK cannot serialize): sending it again will fail the same way.
@@ -466,10 +481,15 @@ class LogAnalyticsSink:
         )
 
     def _status_error(
-        self, status: int, detail: _ServiceError, *, retry_after: float | None, retried: bool
+        self, status: int, detail: _ServiceError, *, retry_after: float | None, retried: bool, stream: str | None = None
     ) -> CollectorError:
         where = f"{self._where} answered {status}{detail}"
         s = self._settings
+        if status == 404 and stream is not None and stream != s.stream:
+            return SinkPermanentError(
+                f"{where}: the data collection rule {s.dcr_id} does not declare the stream {stream} "
+                "(redeploy infra/logs-ingestion.json, which declares each Microsoft Graph source's stream and table)"
+            )
         if status == 401:
             return SinkPermanentError(
                 f"{where}: the token was refused (check SINK_LOGANALYTICS_AUDIENCE is this cloud's, "

@@ -8,7 +8,13 @@ no offset, as the API writes it), left out when the record has none, so Splunk u
 ``host``, ``source`` and ``index`` are left out when unset, so the token's defaults apply;
 ``sourcetype`` defaults to ``o365:management:activity``, the name the Splunk add-on for Microsoft 365
 uses (its own input also writes ``source=o365``: set ``SINK_SPLUNK_SOURCE=o365`` for content that
-filters on it). Every request carries ``X-Splunk-Request-Channel`` (one GUID per sink instance): tokens with
+filters on it). Records of the Microsoft Graph streams get their ecosystem's sourcetype whatever
+SINK_SPLUNK_SOURCETYPE says (it names the audit feed's): ``azure:aad:signin`` and ``azure:aad:audit``
+(the Splunk Add-on for Microsoft Azure's Entra ID inputs, which read the same Graph endpoints) and
+``o365:reporting:messagetrace`` (the Splunk Add-on for Microsoft Office 365); their ``time`` is the
+record's own (``createdDateTime``, ``activityDateTime``, ``receivedDateTime``).
+
+Every request carries ``X-Splunk-Request-Channel`` (one GUID per sink instance): tokens with
 indexer acknowledgement require it, the others accept it.
 
 Batches stay under ``SINK_SPLUNK_BATCH_MAX_BYTES`` (HEC refuses bodies above its ``max_content_length``,
@@ -59,6 +65,7 @@ from ..models import BlobContext, Record
 from ..retry import RetryPolicy
 from .batching import Batch, Framing, iter_batches, serialize
 from .httpcore import USER_AGENT, HttpCore, Target, excerpt, is_transient_status, parse_base_url, snippet
+from .streams import AUDIT_TIME_FIELD, is_graph_stream, labels_for, time_field
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +177,13 @@ def _one_line(env: Environ, name: str) -> str | None:
     return value
 
 
-def event_time(record: Record) -> int | float | None:
-    """``CreationTime`` as epoch seconds (milliseconds kept), or None when absent or unreadable.
+def event_time(record: Record, field: str = AUDIT_TIME_FIELD) -> int | float | None:
+    """``field`` (``CreationTime`` for the audit feed) as epoch seconds (milliseconds kept), or None when
+    absent or unreadable.
 
     The API writes UTC without an offset ("2024-05-14T10:11:58"); an explicit offset is honoured.
     """
-    text = record.get("CreationTime")
+    text = record.get(field)
     if not isinstance(text, str):
         return None
     try:
@@ -281,7 +289,7 @@ class SplunkSink:
             framing=HEC_EVENTS,
             max_bytes=self._settings.batch_max_bytes,
             max_records=MAX_EVENTS_PER_BATCH,
-            serialize=self._envelope,
+            serialize=functools.partial(self._envelope, meta=self._meta_for(context.content_type)),
         ):
             if batch.oversize:
                 log.warning(
@@ -326,12 +334,21 @@ class SplunkSink:
 
     # -- wire format
 
-    def _envelope(self, record: Record) -> bytes:
+    def _meta_for(self, stream: str) -> tuple[dict[str, Any], str]:
+        """The envelope fields and the time field for records of ``stream``: a Graph stream gets its
+        ecosystem's sourcetype (SINK_SPLUNK_SOURCETYPE names the audit feed's)."""
+        if not is_graph_stream(stream):
+            return self._meta, AUDIT_TIME_FIELD
+        meta = {**self._meta, "sourcetype": labels_for(stream).splunk_sourcetype}
+        return {key: meta[key] for key in ("host", "source", "sourcetype", "index") if key in meta}, time_field(stream)
+
+    def _envelope(self, record: Record, meta: tuple[dict[str, Any], str] | None = None) -> bytes:
+        fields, field_name = meta if meta is not None else (self._meta, AUDIT_TIME_FIELD)
         envelope: dict[str, Any] = {}
-        when = event_time(record)
+        when = event_time(record, field_name)
         if when is not None:
             envelope["time"] = when
-        envelope.update(self._meta)
+        envelope.update(fields)
         envelope["event"] = record
         return serialize(envelope)
 

@@ -81,6 +81,7 @@ from ..models import BlobContext, Record, parse_api_time, utc
 from ..redaction import printable
 from .batching import serialize
 from .httpcore import LOOPBACK_HOSTS
+from .streams import AUDIT_TIME_FIELD, time_field
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +343,8 @@ def format_timestamp(value: dt.datetime) -> str:
     return text + "Z"
 
 
-def _record_time(record: Record, now: Callable[[], dt.datetime]) -> dt.datetime:
-    value = record.get("CreationTime")
+def _record_time(record: Record, now: Callable[[], dt.datetime], field: str = AUDIT_TIME_FIELD) -> dt.datetime:
+    value = record.get(field)
     if isinstance(value, str):
         try:
             return parse_api_time(value)
@@ -505,8 +506,9 @@ class SyslogSink:
         msgid = "".join(c for c in context.content_type if "\x21" <= c <= "\x7e")[:32] or "-"
         prefix = f"<{self._pri}>1 "
         suffix = f" {settings.hostname} {settings.app_name} - {msgid} "
+        field = time_field(context.content_type)  # a Graph record's own time (createdDateTime, ...)
         for index, record in enumerate(records):
-            head = (prefix + format_timestamp(_record_time(record, self._clock)) + suffix).encode("ascii")
+            head = (prefix + format_timestamp(_record_time(record, self._clock, field)) + suffix).encode("ascii")
             payload = json_payload(wazuh_wrap(record) if settings.wrapper == "wazuh" else record)
             sd = self._structured_data(context, index) if settings.structured_data else b"-"
             message = head + sd + b" " + payload

@@ -1,0 +1,144 @@
+"""``check``'s step per Microsoft Graph source: one probe call per tenant and source, OK when the service
+answers, FAIL with the permission to grant or the licence to buy when it refuses (against the simulator's
+Graph endpoints), SKIP without a token; the verdict logic itself on stub probes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from o365collector.config import Settings
+from o365collector.diagnose import Step, Verdict, diagnose
+from o365collector.errors import ApiPermanentError, ApiTransientError
+from o365collector.simulator import Simulator
+from o365collector.source_check import probe_source, source_verdicts
+from o365collector.sources.catalog import SOURCES
+from o365collector.tenant_config import TenantConfig
+from tests.support import TENANT, EnvFactory
+
+OTHER = "22222222-3333-4444-8555-666666666666"
+GRAPH = "audit,signins,directoryaudits"
+
+
+def graph_env(make_env: EnvFactory, simulator: Simulator, tenant_id: str, **overrides: str) -> dict[str, str]:
+    return make_env(
+        O365_TENANT_ID=tenant_id,
+        O365_SOURCES=GRAPH,
+        O365_GRAPH_URL=simulator.api_url,  # Graph is served on the same origin
+        O365_CONTENT_TYPES="Audit.Exchange",
+        **overrides,
+    )
+
+
+def source_steps(env: dict[str, str]) -> dict[str, Step]:
+    return {s.name: s for s in diagnose(env) if s.name.startswith("source ")}
+
+
+def test_each_graph_source_is_probed_with_the_fix_the_admin_acts_on(
+    simulator: Simulator, make_env: EnvFactory
+) -> None:
+    """A tenant granted everything passes; one whose app lacks AuditLog.Read.All fails both Entra sources
+    naming it; one without Entra ID P1/P2 fails sign-ins with the licence text while directory audits pass."""
+    granted = source_steps(graph_env(make_env, simulator, TENANT.tenant_id))
+    assert {name: s.verdict for name, s in granted.items()} == {
+        "source signins": Verdict.OK,
+        "source directoryaudits": Verdict.OK,
+    }
+    assert "AuditLog.Read.All (Microsoft Graph) works" in granted["source signins"].detail
+
+    simulator.add_tenant(dataclasses.replace(TENANT, tenant_id=OTHER, graph_roles=()))
+    denied = source_steps(graph_env(make_env, simulator, OTHER))
+    for name in ("source signins", "source directoryaudits"):
+        assert denied[name].verdict is Verdict.FAIL, denied[name]
+        assert "AuditLog.Read.All" in denied[name].detail
+        assert denied[name].subject == OTHER
+
+    unlicensed_id = "33333333-4444-4555-8666-777777777777"
+    simulator.add_tenant(dataclasses.replace(TENANT, tenant_id=unlicensed_id, entra_premium=False))
+    unlicensed = source_steps(graph_env(make_env, simulator, unlicensed_id))
+    assert unlicensed["source directoryaudits"].verdict is Verdict.OK
+    assert unlicensed["source signins"].verdict is Verdict.FAIL
+    assert "P1 or P2" in unlicensed["source signins"].detail
+
+
+def test_message_trace_in_a_gcc_high_tenant_is_refused_naming_the_source(make_env: EnvFactory) -> None:
+    steps = list(diagnose(make_env(O365_CLOUD="GCCHigh", O365_SOURCES="audit,messagetrace")))
+    assert steps[0].name == "settings"
+    assert steps[0].verdict is Verdict.FAIL
+    assert "messagetrace" in steps[0].detail
+    assert "GCCHigh" in steps[0].detail
+
+
+def test_an_audit_only_tenant_has_no_source_steps(simulator: Simulator, make_env: EnvFactory) -> None:
+    assert source_steps(make_env(O365_CONTENT_TYPES="Audit.Exchange")) == {}
+
+
+# -- the verdicts on stub probes (pure logic) -----------------------------------------------------------
+
+
+class StubProbe:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls = 0
+
+    def probe(self) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+
+def tenant(make_env: EnvFactory, **changes: Any) -> TenantConfig:
+    base = Settings.from_env(make_env(O365_SOURCES=GRAPH + ",messagetrace")).tenants[0]
+    return dataclasses.replace(base, **changes)
+
+
+def _for(probe: StubProbe) -> Callable[[str, str], object]:
+    return lambda _tenant, _stream: probe
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict", "words"),
+    [
+        (None, "OK", ["AuditLog.Read.All (Microsoft Graph) works"]),
+        (
+            ApiPermanentError(
+                "Insufficient privileges to complete the operation.", status=403, code="Authorization_RequestDenied"
+            ),
+            "FAIL",
+            ["the app lacks AuditLog.Read.All (Microsoft Graph)", "admin consent", "Insufficient privileges"],
+        ),
+        (
+            ApiPermanentError("Neither tenant is B2C or tenant doesn't have premium license", status=403,
+                              code="Authentication_RequestFromNonPremiumTenantOrB2CTenant"),
+            "FAIL",
+            ["no Microsoft Entra ID P1 or P2 licence", "remove signins from its sources"],
+        ),
+        (ApiTransientError("429 TooManyRequests after 2 attempts"), "FAIL", ["could not verify AuditLog.Read.All"]),
+        (RuntimeError("boom"), "FAIL", ["RuntimeError: boom"]),
+    ],
+)
+def test_a_probe_outcome_becomes_one_verdict_with_the_fix(
+    make_env: EnvFactory, error: Exception | None, verdict: str, words: list[str]
+) -> None:
+    result = probe_source(tenant(make_env), SOURCES["signins"], _for(StubProbe(error)), signed_in=True)
+    assert (result.name, result.verdict, result.subject) == ("source signins", verdict, TENANT.tenant_id)
+    assert result.detail.startswith("Entra ID sign-ins (Microsoft Graph): ")
+    for word in words:
+        assert word in result.detail
+
+
+def test_no_probe_without_a_token_nor_for_a_source_the_cloud_does_not_serve(make_env: EnvFactory) -> None:
+    probe = StubProbe()
+    verdicts = list(source_verdicts(tenant(make_env), _for(probe), signed_in=False))
+    assert [(v.name, v.verdict) for v in verdicts] == [
+        ("source signins", "SKIP"),
+        ("source directoryaudits", "SKIP"),
+        ("source messagetrace", "SKIP"),
+    ]
+    gcc_high = probe_source(tenant(make_env, cloud="GCCHigh"), SOURCES["messagetrace"], _for(probe), signed_in=True)
+    assert gcc_high.verdict == "FAIL"
+    assert "not in the GCCHigh cloud: remove messagetrace" in gcc_high.detail
+    assert probe.calls == 0
