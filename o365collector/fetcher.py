@@ -132,7 +132,6 @@ class Fetcher:
             try:
                 # An audit blob is held as the bytes served and parsed only as sinks read them (o365collector.content).
                 unit = client.fetch_unit(task, self._history)
-                records = unit.records
             except MalformedContentError as err:
                 self._ledger.release(renewal.stop(), str(err))
                 raise RefusedMessageError(str(err)) from err
@@ -147,7 +146,7 @@ class Fetcher:
 
             context = BlobContext(task.tenant_id, task.content_type, task.content_id, task.content_created)
             try:
-                to_ship, filtered = self._filter.apply(records)
+                to_ship, filtered = unit.to_ship(self._filter)
                 for sink in self._sinks_for_tenant(task.tenant_id):
                     sink.send(to_ship, context)
                 unit.settle()  # validation ran meanwhile; a blob that is not valid JSON is never marked done

@@ -218,7 +218,7 @@ class ManagementApiClient:
 
     def fetch_unit(self, task: FetchTask, history: UnitHistory) -> FetchedUnit:
         """A content blob's records; a blob stands alone, so ``history`` is not read."""
-        return FetchedUnit(self.fetch_records(task.content_uri))
+        return FetchedUnit(self.fetch_records(task.content_uri), filterable=True)
 
     # -- listing ---------------------------------------------------------------------------
     def list_content(

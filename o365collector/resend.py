@@ -207,7 +207,7 @@ def _resend_row(
             result.failed.append(f"{tenant.tenant_id} {shown}: {problem}")
             return
         unit = client.fetch_unit(task, NoMemos())  # on its own: no overlap re-read, nothing left for others
-        to_ship, _filtered = collector.settings.record_filter.apply(unit.records)
+        to_ship, _filtered = unit.to_ship(collector.settings.record_filter)
         context = BlobContext(tenant.tenant_id, content_type, content_id, created)
         for sink in sinks:
             sink.send(to_ship, context)

@@ -83,6 +83,10 @@ def test_a_three_day_backfill_of_every_source_through_a_throttling_storm_ships_e
     collector = make_collector(
         **graph_env(simulator, receiver, O365_RETRY_MAX_ATTEMPTS="10"),
         O365_START_TIME=(now() - dt.timedelta(days=3, hours=1)).isoformat(),
+        # The audit feed's filters match audit fields (Operation, Workload, RecordType): they must not drop
+        # Graph records, which have none of them. No audit record is excluded by this one.
+        O365_FILTER_EXCLUDE_WORKLOADS="NoSuchWorkload",
+        O365_FILTER_INCLUDE_RECORD_TYPES=",".join(str(n) for n in range(400)),
     )
     assert run_once(collector) == 0
 

@@ -27,6 +27,7 @@ from ..models import ContentBlob, FetchTask, ListingEntryError, Record, TimeWind
 
 if TYPE_CHECKING:
     from ..config import CollectionPolicy
+    from ..filtering import RecordFilter
     from ..tenant_config import TenantConfig
 
 
@@ -54,6 +55,13 @@ class FetchedUnit:
     records: Sequence[Record]
     skipped: int = 0
     """Records read but not shipped because an earlier unit had shipped them (the overlap)."""
+    filterable: bool = False
+    """The ``O365_FILTER_*`` settings apply (they match audit records' Operation, Workload, RecordType; a
+    record of another shape would match no include list and be dropped, so they apply to the audit feed only)."""
+
+    def to_ship(self, record_filter: RecordFilter) -> tuple[Sequence[Record], int]:
+        """The records to ship and how many the filter dropped."""
+        return record_filter.apply(self.records) if self.filterable else (self.records, 0)
 
     def settle(self) -> None:
         """Wait for a lazy validation of ``records`` (the audit feed's blobs) and raise what it found."""
