@@ -324,6 +324,7 @@ class Ledger:
             # Kept so ``run --resend`` fetches a unit the way it was fetched (the source checks it again).
             "ContentUri": task.content_uri,
             "ContentCreated": task.content_created,
+            "ContentExpiration": task.content_expiration,  # a Graph unit's is its window's start + retention
             "State": "claimed",
             "Owner": owner,
             "ClaimedUntil": now + lease,
@@ -433,7 +434,7 @@ class Ledger:
         rows = self._table.query_entities(
             "PartitionKey eq @tenant and State eq 'done' and ContentCreated ge @since and ContentCreated lt @until",
             parameters={"tenant": tenant_id, "since": utc(since), "until": utc(until)},
-            select=["ContentId", "ContentType", "ContentUri", "ContentCreated", "Records"],
+            select=["ContentId", "ContentType", "ContentUri", "ContentCreated", "ContentExpiration", "Records"],
         )
         for row in rows:
             yield dict(row)

@@ -198,7 +198,10 @@ def _resend_row(
         else (f"{tenant.api_url.rstrip('/')}/api/v1.0/{tenant.tenant_id}/activity/feed/audit/{content_id}")
     )
     created = utc(created)
-    task = FetchTask(tenant.tenant_id, content_type, content_id, uri, created, created + source.retention)
+    # The unit's own expiration (a Graph window's is its start + retention); older rows lack it.
+    expiration = row.get("ContentExpiration")
+    expires = utc(expiration) if isinstance(expiration, dt.datetime) else created + source.retention
+    task = FetchTask(tenant.tenant_id, content_type, content_id, uri, created, expires)
     extra = {"tenant_id": tenant.tenant_id, "content_type": content_type, "content_id": shown}
     try:
         client = collector.client(tenant.tenant_id, content_type)

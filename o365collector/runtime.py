@@ -40,6 +40,7 @@ from .redaction import install_log_redaction, printable, scrub_exception, summar
 from .sinks.base import Sink
 from .sources.base import SourceClient
 from .sources.catalog import is_graph_stream
+from .sources.graph import graph_tokens
 from .sources.graph_source import graph_client
 from .status import StatusStore
 from .storage import StorageClients, ensure_queue, ensure_table
@@ -122,6 +123,8 @@ class Collector:
         self.registry_problems: list[ConfigError] = []
         self._apis: dict[str, ManagementApiClient] = {}
         self._graph_clients: dict[tuple[str, str], SourceClient] = {}
+        # One Graph token cache per tenant, shared by its Graph streams (one sign-in, not one per stream).
+        self._graph_tokens: dict[str, TokenProvider] = {}
         self._lock = threading.Lock()
         # One keep-alive pool for every tenant's API and token calls: hundreds of tenants on the same
         # hosts should not cost hundreds of TLS handshakes per run.
@@ -149,6 +152,7 @@ class Collector:
     def _forget_clients(self, tenant_id: str) -> None:
         """Drop a tenant's clients (caller holds the lock): the next call builds them from its new entry."""
         self._apis.pop(tenant_id, None)
+        self._graph_tokens.pop(tenant_id, None)
         for key in [k for k in self._graph_clients if k[0] == tenant_id]:
             del self._graph_clients[key]
 
@@ -212,9 +216,13 @@ class Collector:
         with self._lock:
             client = self._graph_clients.get((tenant_id, stream))
             if client is None:
+                tokens = self._graph_tokens.get(tenant_id)
+                if tokens is None:
+                    tokens = self._graph_tokens[tenant_id] = graph_tokens(tenant, session=self._http)
                 client = graph_client(
                     tenant,
                     stream,
+                    tokens=tokens,
                     settings=self.settings.graph,
                     session=self._http,
                     clock=self.clock,

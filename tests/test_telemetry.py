@@ -22,14 +22,14 @@ TID = TENANT.tenant_id
 CollectorFactory = Callable[..., Collector]
 
 LISTER_FIELDS = {
-    "tenant_id", "content_type", "windows", "windows_left", "blobs_listed", "blobs_enqueued", "blobs_already_queued",
-    "cursor", "lag_seconds", "throttled", "error_code", "error", "seconds",
+    "tenant_id", "content_type", "source", "windows", "windows_left", "blobs_listed", "blobs_enqueued",
+    "blobs_already_queued", "cursor", "lag_seconds", "throttled", "error_code", "error", "seconds",
     "late_blobs", "max_lateness_seconds", "sweep_windows", "late_sweep", "refused_entries",
 }  # fmt: skip
 RUN_FIELDS = {
-    "tenant_id", "content_type", "windows", "blobs_listed", "blobs_enqueued", "blobs_shipped", "blobs_skipped",
-    "blobs_lost", "blobs_refused", "blobs_deferred", "records", "failures", "throttled", "lag_seconds", "seconds",
-    "error_code",
+    "tenant_id", "content_type", "source", "windows", "blobs_listed", "blobs_enqueued", "blobs_shipped",
+    "blobs_skipped", "blobs_lost", "blobs_refused", "blobs_deferred", "records", "failures", "throttled", "lag_seconds",
+    "seconds", "error_code",
 }  # fmt: skip
 
 
@@ -64,6 +64,7 @@ def test_the_lister_logs_one_summary_per_stream_with_stable_fields(
     assert [line["content_type"] for line in lines] == ["Audit.Exchange", "Audit.General"]  # streams run in parallel
     for line in lines:
         assert set(line) == LISTER_FIELDS
+        assert line["source"] == "audit"  # the catalog's name: the workbook and alerts group by it
         assert line["seconds"] > 0
         # The cursor is the end delay (5 min) behind the time the run planned; the lag is measured at the end.
         assert 5 * 60 <= line["lag_seconds"] <= 5 * 60 + took + 1

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .server import LOOPBACK, LoopbackHandler, LoopbackHTTPServer
 from .times import Clock
-from .tokens import MANAGE_HOSTS, AssertionGrant, TokenService
+from .tokens import GRAPH_HOSTS, MANAGE_HOSTS, AssertionGrant, TokenService
 from .wire import Response, json_response
 
 # The audiences Entra accepts for a federated assertion, per cloud (the US Government and China clouds
@@ -57,6 +57,8 @@ class ManagedIdentitySpec:
     tenant_id: str
     # App roles of "Office 365 Management APIs" granted to the identity's service principal.
     roles: tuple[str, ...] = ("ActivityFeed.Read", "ActivityFeed.ReadDlp")
+    # Microsoft Graph application roles granted to it (the Graph sources: grant-api-access.sh --sources).
+    graph_roles: tuple[str, ...] = ("AuditLog.Read.All", "ExchangeMessageTrace.Read.All")
 
     @property
     def issuer(self) -> str:
@@ -160,6 +162,8 @@ class IdentityService:
         now = self._clock()
         if host in MANAGE_HOSTS:
             token, _ = self._tokens.issue(identity.tenant_id, identity.client_id, identity.roles, f"https://{host}")
+        elif host in GRAPH_HOSTS:
+            token, _ = self._tokens.issue(identity.tenant_id, identity.client_id, identity.graph_roles, f"https://{host}")
         elif resource in TOKEN_EXCHANGE_AUDIENCES:
             token = self.exchange_token(identity, resource, now)
         elif host in KEY_VAULT_HOSTS and self.vault_token is not None:

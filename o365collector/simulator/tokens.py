@@ -205,7 +205,11 @@ class TokenService:
         if not audience:
             message = f"The provided value for scope {form.get('scope', '')} is not valid for this API."
             return self._error(400, "invalid_scope", 1002012, message), None
-        token, issued = self.issue(outcome.tenant_id, outcome.client_id, outcome.roles, audience)
+        roles = outcome.roles
+        if is_graph_audience(audience):  # the Graph roles the tenant's admin granted the app (TenantSpec)
+            state = self._store.tenant(outcome.tenant_id)
+            roles = state.spec.graph_roles if state is not None else ()
+        token, issued = self.issue(outcome.tenant_id, outcome.client_id, roles, audience)
         seconds = int(self._lifetime.total_seconds())
         payload = {"token_type": "Bearer", "expires_in": seconds, "ext_expires_in": seconds, "access_token": token}
         return json_response(200, payload), issued
