@@ -35,7 +35,7 @@ from o365collector.sources.base import SourceClient
 from o365collector.sources.catalog import SOURCES, StreamLabels, labels_for
 from o365collector.status import StreamStatus
 from o365collector.status_report import StatusReport, StreamReport
-from o365collector.telemetry import ShipTally
+from o365collector.telemetry import ShipTally, log_run_summary
 from tests.backends import BulkServer, HecServer
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, EnvFactory, host_queue_runner, now
@@ -184,18 +184,34 @@ class RefusedSignIn:
         return getattr(self._client, name)
 
 
+class CountedSignIn:
+    def __init__(self, client: SourceClient) -> None:
+        self._client = client
+        self.sign_ins = 0
+
+    def sign_in(self) -> None:
+        self.sign_ins += 1
+        self._client.sign_in()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 def test_a_sign_in_refused_for_one_source_leaves_the_tenants_other_sources_collecting(
-    simulator: Simulator, make_collector: CollectorFactory
+    simulator: Simulator, make_collector: CollectorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     collector = make_collector(
-        O365_CONTENT_TYPES="Audit.Exchange",
+        O365_CONTENT_TYPES="Audit.Exchange,Audit.General",
         O365_SOURCES="audit,signins,directoryaudits",
         O365_GRAPH_URL=simulator.api_url,
     )
     refused = RefusedSignIn(collector.client(TID, SIGNINS))
+    audit = CountedSignIn(collector.client(TID, "Audit.Exchange"))
 
     def client_for(tenant_id: str, stream: str) -> SourceClient:
-        return cast(SourceClient, refused) if stream == SIGNINS else collector.client(tenant_id, stream)
+        if stream == SIGNINS:
+            return cast(SourceClient, refused)
+        return cast(SourceClient, audit) if stream.startswith("Audit.") else collector.client(tenant_id, stream)
 
     lister = Lister(
         tenants=collector.tenants(),
@@ -207,11 +223,15 @@ def test_a_sign_in_refused_for_one_source_leaves_the_tenants_other_sources_colle
     )
     by_stream = {s.content_type: s for s in lister.run().streams}
     assert refused.sign_ins == 1, "the source asks for its own token, whatever the audit feed's sign-in did"
+    assert audit.sign_ins == 1, "once per (tenant, source) and run, not per stream"
     assert by_stream[SIGNINS].error_code == "AADSTS65001"
     assert by_stream["Audit.Exchange"].ok, by_stream["Audit.Exchange"].error
     assert by_stream[AUDITS].ok, by_stream[AUDITS].error
     assert by_stream[AUDITS].windows > 0
     assert by_stream[SIGNINS].summary()["source"] == "signins"
+    with caplog.at_level(logging.INFO, logger="o365collector"):
+        log_run_summary(ListerResult(streams=[by_stream[AUDITS]]), ShipTally(), 1.0)
+    assert any('"source":"directoryaudits"' in r.getMessage() for r in caplog.records)
 
 
 def test_a_graph_unit_for_a_stream_the_tenant_does_not_collect_is_refused_before_any_claim(
@@ -490,12 +510,45 @@ def test_a_loop_pass_line_counts_the_records_that_pass_shipped_per_source(
     )
     line = FirstPassLine()
     logger = logging.getLogger("o365collector")
+    level = logger.level
     logger.addHandler(line)
+    logger.setLevel(logging.INFO)  # the pass line is INFO
     try:
         assert _run_forever(collector, 600.0, cast(StopRequest, line)) == 0
     finally:
         logger.removeHandler(line)
+        logger.setLevel(level)
     (text,) = line.lines
     shipped = sum(1 for r in receiver.records if "createdDateTime" in r)
     assert shipped > 0
     assert f"Entra ID sign-ins (Microsoft Graph) {shipped:,} records" in text
+
+
+class RevokedWhileListing(CountedSignIn):
+    """Signs in, then Entra refuses the token mid-run (a secret revoked): a credential error while listing."""
+
+    def __init__(self, client: SourceClient) -> None:
+        super().__init__(client)
+        self.listings = 0
+
+    def list_units(self, *_args: Any, **_kwargs: Any) -> Any:
+        self.listings += 1
+        raise ApiPermanentError("AADSTS7000222: the client secret keys are expired", code="AADSTS7000222")
+
+
+def test_a_credential_error_while_listing_stops_that_sources_other_streams_of_the_tenant(
+    simulator: Simulator, make_collector: CollectorFactory
+) -> None:
+    collector = make_collector(O365_CONTENT_TYPES="Audit.Exchange,Audit.General", O365_SOURCES="audit")
+    revoked = RevokedWhileListing(collector.client(TID, "Audit.Exchange"))
+    lister = Lister(
+        tenants=collector.tenants(),
+        policy=collector.settings.policy,
+        client_for=lambda _tenant, _stream: cast(SourceClient, revoked),
+        checkpoints=collector.checkpoints,
+        queue=collector.queue,
+        clock=collector.clock,
+    )
+    streams = lister.run().streams
+    assert revoked.listings == 1, "the other stream reports the tenant's credential error without asking again"
+    assert [s.error_code for s in streams] == ["AADSTS7000222", "AADSTS7000222"]
