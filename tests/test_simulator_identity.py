@@ -52,7 +52,7 @@ def test_the_endpoint_is_plain_http_on_loopback(endpoint: dict[str, str]) -> Non
         ({"header": "a-guessed-header"}, 401),
         ({"api-version": "2017-09-01"}, 400),
         ({"client_id": "99999999-9999-4999-8999-999999999999"}, 400),
-        ({"resource": "https://graph.microsoft.com"}, 400),
+        ({"resource": "https://outlook.office365.com"}, 400),  # a resource the endpoint serves no token for
     ],
 )
 def test_a_request_app_service_would_refuse_is_refused(
@@ -76,6 +76,24 @@ def test_an_api_token_carries_the_roles_granted_to_the_identity(simulator: Simul
         timeout=10,
     )
     assert listed.status_code == 200
+
+
+def test_a_graph_token_carries_the_graph_roles_granted_to_the_identity(
+    simulator: Simulator, endpoint: dict[str, str]
+) -> None:
+    """The Graph sources in managedIdentity mode: the identity's own Graph token reads the audit logs."""
+    answer = mi_token(endpoint, "https://graph.microsoft.com")
+    assert answer.status_code == 200
+    claims = jwt.decode(answer.json()["access_token"], options={"verify_signature": False})
+    assert set(claims["roles"]) == {"AuditLog.Read.All", "ExchangeMessageTrace.Read.All"}
+    listed = requests.get(
+        f"{simulator.api_url}/v1.0/auditLogs/directoryAudits",
+        headers={"Authorization": f"Bearer {answer.json()['access_token']}"},
+        verify=simulator.ca_file,
+        timeout=10,
+    )
+    assert listed.status_code == 200
+    assert "value" in listed.json()
 
 
 def test_the_exchange_token_is_an_rs256_jwt_naming_the_identity(simulator: Simulator, endpoint: dict[str, str]) -> None:
