@@ -66,6 +66,7 @@ from .status_report import (
     StatusReport,
     StreamKey,
     StreamReport,
+    age_text,
     iso_time,
     short_id,
     since_success,
@@ -222,7 +223,7 @@ def judge(report: StatusReport, now: dt.datetime) -> None:
     if oldest is not None and now - oldest > policy.max_listing_age:
         report.general_degraded.append(
             f"the content queue {report.content_queue} is not draining: {_count(report.queues.content)} messages, "
-            f"the oldest waiting for {_age(now - oldest)} (more than O365_HEALTH_MAX_LISTING_AGE_MINUTES); "
+            f"the oldest waiting for {age_text(now - oldest)} (more than O365_HEALTH_MAX_LISTING_AGE_MINUTES); "
             "is the fetch_content function running, and is it failing (see the last errors)?"
         )
     expiry = expiry_verdict(policy.client_secret_expires, policy.secret_expiry_warning, now)
@@ -271,7 +272,7 @@ def _judge_stream(report: StatusReport, stream: StreamReport, now: dt.datetime) 
     if s is None or s.last_run_at is None:
         stream.problems.append("no listing run recorded yet: is the list_content timer running?")
     elif s.last_success_at is None or now - s.last_success_at > policy.max_listing_age:
-        since = f"for {_age(now - s.last_success_at)}" if s.last_success_at else "since status was recorded"
+        since = f"for {age_text(now - s.last_success_at)}" if s.last_success_at else "since status was recorded"
         why = ""
         if s.last_outcome == "starved":
             why = " (each run's time budget ran out before this stream's turn)"
@@ -351,21 +352,8 @@ def _zoned(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _age(delta: dt.timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 0:
-        return "in the future"
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
 def _ago(value: dt.datetime | None, now: dt.datetime) -> str:
-    return f"{_age(now - value)} ago" if value is not None else "never"
+    return f"{age_text(now - value)} ago" if value is not None else "never"
 
 
 def render_table(report: StatusReport) -> str:
@@ -386,7 +374,7 @@ def render_table(report: StatusReport) -> str:
                 stream.content_type,
                 stream.state.upper(),
                 _zoned(stream.checkpoint) if stream.checkpoint else "-",
-                _age(dt.timedelta(seconds=stream.lag_seconds)) if stream.lag_seconds is not None else "-",
+                age_text(dt.timedelta(seconds=stream.lag_seconds)) if stream.lag_seconds is not None else "-",
                 _ago(s.last_run_at if s else None, now),
                 _ago(s.last_success_at if s else None, now),
                 str(s.shipped_records if s else 0),
@@ -433,7 +421,7 @@ def _late_line(stream: StreamReport, now: dt.datetime) -> str:
     s = stream.status
     assert s is not None
     worst = s.last_late_max_seconds
-    late = f", up to {_age(dt.timedelta(seconds=worst))} after contentCreated" if worst is not None else ""
+    late = f", up to {age_text(dt.timedelta(seconds=worst))} after contentCreated" if worst is not None else ""
     return (
         f"late content {stream.tenant_id} {stream.content_type}: {s.last_late_blobs} blobs listed late{late}, "
         f"found {_ago(s.last_late_at, now)} (collected)"

@@ -14,10 +14,9 @@ The client owns paging and retries; callers see iterators and exceptions from ``
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import ParseResult, SplitResult, parse_qsl, unquote, urlencode, urlparse, urlsplit, urlunparse
@@ -42,6 +41,7 @@ from .errors import (
 from .models import ContentBlob, FetchTask, ListingEntryError, Record, TimeWindow, format_api_time
 from .ratelimit import Pacer, RateLimiter
 from .redaction import printable
+from .request_counts import RequestCounts
 from .retry import RetryPolicy, parse_retry_after, retrying
 from .sessions import EnvironmentOnceSession
 from .sources.base import FetchedUnit, UnitHistory
@@ -167,29 +167,18 @@ class ManagementApiClient:
         self._root = f"{tenant.api_url}/api/v1.0/{tenant.tenant_id}/activity/feed"
         api = urlparse(tenant.api_url)
         self._api_netloc = api.netloc
-        self.stats = ApiStats()
-        self._stats_lock = threading.Lock()
-        self._local = threading.local()
+        self._counts = RequestCounts(ApiStats)
+        self.stats = self._counts.total
         # The API's quota is per tenant (2,000 requests/min baseline): pace below it, with a margin.
         self._limiter = RateLimiter(self._policy.max_requests_per_minute / 60.0, sleep=sleep)
         self._pacer = pacer
 
-    @contextmanager
-    def counting(self) -> Iterator[ApiStats]:
+    def counting(self) -> AbstractContextManager[ApiStats]:
         """Counts this thread's requests separately (several streams of one tenant share the client)."""
-        mine = ApiStats()
-        self._local.stats = mine
-        try:
-            yield mine
-        finally:
-            self._local.stats = None
+        return self._counts.counting()
 
     def _count(self, field: str) -> None:
-        with self._stats_lock:
-            setattr(self.stats, field, getattr(self.stats, field) + 1)
-        mine: ApiStats | None = getattr(self._local, "stats", None)
-        if mine is not None:
-            setattr(mine, field, getattr(mine, field) + 1)
+        self._counts.count(field)
 
     def sign_in(self) -> None:
         """Get (or reuse) the access token now, so a credential problem shows before any listing."""

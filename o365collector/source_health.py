@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .sources.catalog import AUDIT, SOURCES, SourceSpec, source_of
-from .status_report import DEGRADED, HEALTHY, UNHEALTHY, StreamReport, since_success
+from .status_report import DEGRADED, HEALTHY, UNHEALTHY, StreamReport, age_text, since_success
 
 # A day between "degraded: near the edge" and records falling off the source: time to fix and catch up.
 EDGE_HEADROOM = dt.timedelta(days=1)
@@ -165,7 +165,7 @@ def source_lines(streams: Sequence[StreamReport]) -> list[str]:
         return []  # an audit-only deployment's table stays as it was
     lines = ["sources:"]
     for s in summaries:
-        lag = f"lag {_age(s.lag_seconds)}" if s.lag_seconds is not None else "no checkpoint yet"
+        lag = "no checkpoint yet" if s.lag_seconds is None else f"lag {age_text(dt.timedelta(seconds=s.lag_seconds))}"
         count = f"{s.streams} streams, " if s.streams > 1 else ""
         lines.append(f"  {s.spec.title}: {count}{lag}, {s.records:,} records shipped ({s.state})")
     return lines
@@ -178,13 +178,3 @@ def records_by_source(counts: Iterable[tuple[str, int]]) -> list[tuple[str, int]
         name = source_spec(stream).name
         sums[name] = sums.get(name, 0) + records
     return [(SOURCES[name].title, sums[name]) for name in SOURCES if name in sums]
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"

@@ -230,3 +230,17 @@ def short_id(tenant_id: str) -> str:
 
 def iso_time(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def age_text(delta: dt.timedelta) -> str:
+    """A duration as the status table writes it: ``45 s``, ``12 min``, ``3.5 h``, ``2.0 d``."""
+    seconds = int(delta.total_seconds())
+    if seconds < 0:
+        return "in the future"
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -18,10 +18,9 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +36,7 @@ from ..management_api import ApiStats, same_origin
 from ..models import Record
 from ..ratelimit import RateLimiter
 from ..redaction import printable
+from ..request_counts import RequestCounts
 from ..retry import RetryPolicy, parse_retry_after, retrying
 from ..tenant_config import TenantConfig
 
@@ -164,26 +164,15 @@ class GraphHttp:
         self._session = session
         self._policy = policy
         self._sleep = sleep
-        self.stats = GraphStats()
-        self._stats_lock = threading.Lock()
-        self._local = threading.local()
+        self._counts = RequestCounts(GraphStats)
+        self.stats = self._counts.total
 
-    @contextmanager
-    def counting(self) -> Iterator[GraphStats]:
+    def counting(self) -> AbstractContextManager[GraphStats]:
         """Counts this thread's requests separately (the lister reads ``throttled`` per stream)."""
-        mine = GraphStats()
-        self._local.stats = mine
-        try:
-            yield mine
-        finally:
-            self._local.stats = None
+        return self._counts.counting()
 
     def count(self, field: str) -> None:
-        with self._stats_lock:
-            setattr(self.stats, field, getattr(self.stats, field) + 1)
-        mine: GraphStats | None = getattr(self._local, "stats", None)
-        if mine is not None:
-            setattr(mine, field, getattr(mine, field) + 1)
+        self._counts.count(field)
 
     def sign_in(self) -> None:
         self._token()
