@@ -63,6 +63,7 @@ from .management_api import ManagementApiClient
 from .models import TimeWindow
 from .redaction import redact, summary
 from .source_check import source_verdicts
+from .sources.catalog import AUDIT, SOURCES, source_of
 from .storage import StorageClients
 from .tenant_config import CertificateCredentialConfig, KeyVaultCertificateConfig, TenantConfig
 from .windows import plan_windows
@@ -156,9 +157,13 @@ def diagnose(
     if not tenants:
         yield Step("settings", Verdict.FAIL, "no enabled tenant (O365_TENANT_ID, O365_TENANTS or the tenant registry)")
     else:
-        types = sorted({ct for t in tenants for ct in t.content_types})
+        types = sorted({ct for t in tenants for ct in t.content_types if AUDIT in t.sources})
+        graph = [name for name in SOURCES if name != AUDIT and any(name in t.sources for t in tenants)]
         sinks = ", ".join(s.name for s in settings.sinks)
-        yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); content types {', '.join(types)}; sinks {sinks}")
+        collected = f"content types {', '.join(types) or 'none'}" + (
+            f"; Graph sources {', '.join(graph)}" if graph else ""
+        )
+        yield Step("settings", Verdict.OK, f"{len(tenants)} tenant(s); {collected}; sinks {sinks}")
     for tenant in tenants:
         names = entry_names(env, tenant.tenant_id)
         signed_in = False
@@ -510,18 +515,25 @@ def storage_step(settings: Settings, storage: StorageClients | None = None) -> S
 def first_run_step(
     tenant: TenantConfig, policy: CollectionPolicy, checkpoints: CheckpointStore, now: dt.datetime
 ) -> Step:
-    """What the next listing run will backfill for the content types with no checkpoint (informational: OK)."""
+    """What the next listing run will backfill for the streams with no checkpoint (informational: OK); each
+    source's own retention bounds its backfill (7 days for the audit feed, 30 or 90 for a Graph log)."""
     subject = tenant.tenant_id
     try:
-        cursors = {ct: checkpoints.get(tenant.tenant_id, ct).cursor for ct in tenant.content_types}
+        cursors = {ct: checkpoints.get(tenant.tenant_id, ct).cursor for ct in tenant.streams}
     except Exception as err:
         return Step("first run", Verdict.FAIL, f"could not read the checkpoints: {type(err).__name__}: {err}", subject)
     new = [ct for ct, cursor in cursors.items() if cursor is None]
     started = {ct: cursor for ct, cursor in cursors.items() if cursor is not None}
     parts: list[str] = []
-    if new:
-        plan = plan_windows(cursor=None, now=now, policy=policy, start_time=tenant.start_time)
-        parts.append(describe_first_run(", ".join(new), tenant.start_time, plan))
+    by_retention: dict[dt.timedelta, list[str]] = {}
+    for stream in new:
+        spec = source_of(stream)
+        by_retention.setdefault(spec.retention if spec is not None else policy.retention, []).append(stream)
+    for retention, streams in by_retention.items():
+        plan = plan_windows(
+            cursor=None, now=now, policy=dataclasses.replace(policy, retention=retention), start_time=tenant.start_time
+        )
+        parts.append(describe_first_run(", ".join(streams), tenant.start_time, plan, retention))
     if started:
         oldest = min(started.values()).strftime("%Y-%m-%dT%H:%MZ")
         parts.append(f"{', '.join(started)} resume from their checkpoints (the oldest at {oldest})")

@@ -42,7 +42,7 @@ from .scheduler import run_fairly
 from .sources.base import SourceClient
 from .sources.catalog import source_of
 from .tenant_config import TenantConfig
-from .windows import WindowPlan, lag, plan_windows, relist_horizon
+from .windows import RETENTION, WindowPlan, lag, plan_windows, relist_horizon
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ class Lister:
         if checkpoint.cursor is None:
             # Said once per stream (the first window saves a checkpoint), so an operator sees how much
             # history a new deployment fetches, and why it starts there, before the blobs arrive.
-            span = describe_first_run(stream.content_type, task.tenant.start_time, plan)
+            span = describe_first_run(stream.content_type, task.tenant.start_time, plan, task.policy.retention)
             log.info("first run: %s", span, extra=fields)
         task.windows = plan.windows + plan.sweep
         task.sweep_from = len(plan.windows)
@@ -473,19 +473,23 @@ def enqueue_blob(queue: TaskQueue, tenant_id: str, blob: ContentBlob) -> None:
     queue.send_message(FetchTask.for_blob(tenant_id, blob).to_message())
 
 
-def describe_first_run(content_types: str, start_time: dt.datetime | None, plan: WindowPlan) -> str:
+def describe_first_run(
+    content_types: str, start_time: dt.datetime | None, plan: WindowPlan, retention: dt.timedelta = RETENTION
+) -> str:
     """What a stream with no checkpoint backfills, from its first-run plan (the lister logs it, ``check`` prints it).
 
-    With no start time set, the first window starts at the API's 7-day edge (now - 7 days + a margin).
+    With no start time set, the first window starts at the source's retention edge (the audit feed: now -
+    7 days + a margin; a Graph log: 30 or 90 days).
     """
+    days = f"{retention.days} days back, the API's limit"
     if not plan.windows:  # a start time within the last few minutes: no window is ready to list yet
         when = _minute(start_time) if start_time else "now"
         return f"collecting {content_types} from {when} on; nothing older to backfill"
     start = plan.windows[0].start
     if start_time is None:
-        why = "7 days back, the API's limit"
+        why = days
     elif start_time < start:
-        why = f"7 days back, the API's limit; the start time {_minute(start_time)} is older"
+        why = f"{days}; the start time {_minute(start_time)} is older"
     else:
         why = f"the start time set, {(plan.windows[-1].end - start) / dt.timedelta(days=1):.1f} days back"
     return f"backfilling {content_types} from {_minute(start)} ({why}) to now"

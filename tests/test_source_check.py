@@ -5,6 +5,7 @@ Graph endpoints), SKIP without a token; the verdict logic itself on stub probes.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,7 @@ def source_steps(env: dict[str, str]) -> dict[str, Step]:
     return {s.name: s for s in diagnose(env) if s.name.startswith("source ")}
 
 
-def test_each_graph_source_is_probed_with_the_fix_the_admin_acts_on(
-    simulator: Simulator, make_env: EnvFactory
-) -> None:
+def test_each_graph_source_is_probed_with_the_fix_the_admin_acts_on(simulator: Simulator, make_env: EnvFactory) -> None:
     """A tenant granted everything passes; one whose app lacks AuditLog.Read.All fails both Entra sources
     naming it; one without Entra ID P1/P2 fails sign-ins with the licence text while directory audits pass."""
     granted = source_steps(graph_env(make_env, simulator, TENANT.tenant_id))
@@ -111,8 +110,11 @@ def _for(probe: StubProbe) -> Callable[[str, str], object]:
             ["the app lacks AuditLog.Read.All (Microsoft Graph)", "admin consent", "Insufficient privileges"],
         ),
         (
-            ApiPermanentError("Neither tenant is B2C or tenant doesn't have premium license", status=403,
-                              code="Authentication_RequestFromNonPremiumTenantOrB2CTenant"),
+            ApiPermanentError(
+                "Neither tenant is B2C or tenant doesn't have premium license",
+                status=403,
+                code="Authentication_RequestFromNonPremiumTenantOrB2CTenant",
+            ),
             "FAIL",
             ["no Microsoft Entra ID P1 or P2 licence", "remove signins from its sources"],
         ),
@@ -142,3 +144,25 @@ def test_no_probe_without_a_token_nor_for_a_source_the_cloud_does_not_serve(make
     assert gcc_high.verdict == "FAIL"
     assert "not in the GCCHigh cloud: remove messagetrace" in gcc_high.detail
     assert probe.calls == 0
+
+
+def test_the_first_run_step_gives_each_source_its_own_backfill_span(make_env: EnvFactory) -> None:
+    """The audit feed backfills 7 days at most, a Graph log up to its own retention: a start time 20 days back
+    is cut to 7 days for the content types and kept for sign-ins; unset, sign-ins start 30 days back."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start = now - dt.timedelta(days=20)
+    env = make_env(O365_START_TIME=start.isoformat(), O365_CONTENT_TYPES="Audit.Exchange", O365_SOURCES="audit,signins")
+    step = {s.name: s for s in diagnose(env, clock=lambda: now)}["first run"]
+    audit_edge = (now - dt.timedelta(days=7) + dt.timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%MZ")
+    assert step.detail == (
+        f"backfilling Audit.Exchange from {audit_edge} (7 days back, the API's limit; the start time "
+        f"{start.strftime('%Y-%m-%dT%H:%MZ')} is older) to now; "
+        f"backfilling Entra.SignIns from {start.strftime('%Y-%m-%dT%H:%MZ')} "
+        "(the start time set, 20.0 days back) to now"
+    )
+    unset = {s.name: s for s in diagnose(make_env(O365_START_TIME="", O365_SOURCES="signins"), clock=lambda: now)}
+    graph_edge = (now - dt.timedelta(days=30) + dt.timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%MZ")
+    assert unset["first run"].detail == (
+        f"backfilling Entra.SignIns from {graph_edge} (30 days back, the API's limit) to now"
+    )
+    assert "Graph sources signins" in unset["settings"].detail
