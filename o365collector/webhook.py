@@ -168,8 +168,9 @@ class WebhookReceiver:
             return _named(err.problem, err.content_id)
         if tenant is None:
             return _named("tenantId is not a tenant this deployment collects", blob.content_id)
-        if blob.content_type not in tenant.content_types:
-            return _named(f"{blob.content_type} is not collected for this tenant (O365_CONTENT_TYPES)", blob.content_id)
+        if blob.content_type not in tenant.streams:  # the audit feed's content types, if it is one of the sources
+            what = f"{blob.content_type} is not collected for this tenant (O365_CONTENT_TYPES, O365_SOURCES)"
+            return _named(what, blob.content_id)
         problem = content_uri_problem(
             blob.content_uri, api_url=tenant.api_url, tenant_id=tenant.tenant_id, content_id=blob.content_id
         )

@@ -241,6 +241,11 @@ class StubTenant:
     tenant_id: str
     content_types: tuple[str, ...] = ("Audit.Exchange",)
     api_url: str = API
+    sources: tuple[str, ...] = ("audit",)
+
+    @property
+    def streams(self) -> tuple[str, ...]:  # as TenantConfig.streams: the content types only with the audit feed
+        return self.content_types if "audit" in self.sources else ()
 
 
 class ListQueue:
@@ -426,6 +431,16 @@ def test_the_tenant_id_is_matched_without_case_and_enqueued_as_configured() -> N
     answer = handle(receiver(Tenants(StubTenant(configured)), queue), [entry("c1", tenant_id=configured.upper())])
     assert answer.status == 200
     assert [FetchTask.from_message(m).tenant_id for m in queue.sent] == [configured]
+
+
+def test_a_push_for_a_tenant_that_does_not_collect_the_audit_feed_is_refused_and_not_enqueued() -> None:
+    """A tenant collecting only Graph sources: its content types are listed nowhere, so a notification for
+    one is refused here, not enqueued to be poisoned by the fetcher."""
+    queue = ListQueue()
+    answer = handle(receiver(Tenants(StubTenant(TID, sources=("signins",))), queue), [entry("c1")])
+    assert answer.status == 400
+    assert "Audit.Exchange is not collected for this tenant" in answer.body["problems"][0]
+    assert queue.sent == []
 
 
 def test_an_unknown_tenant_rereads_the_registry_at_most_once_a_minute() -> None:
