@@ -167,9 +167,15 @@ def diagnose(
     for tenant in tenants:
         names = entry_names(env, tenant.tenant_id)
         signed_in = False
-        for step in tenant_steps(tenant, settings, confirm=confirm, clock=clock):
-            signed_in = signed_in or (step.name == "token" and step.passed)
-            yield dataclasses.replace(step, detail=rename_settings(step.detail, names)) if names else step
+        if AUDIT not in tenant.sources:
+            # Only Graph sources: the audit feed's steps (its token, roles, subscriptions) do not apply, and
+            # each Graph probe below signs in itself, so a credential problem still shows there.
+            signed_in = True
+            yield Step("audit feed", Verdict.SKIP, "not among this tenant's sources (O365_SOURCES)", tenant.tenant_id)
+        else:
+            for step in tenant_steps(tenant, settings, confirm=confirm, clock=clock):
+                signed_in = signed_in or (step.name == "token" and step.passed)
+                yield dataclasses.replace(step, detail=rename_settings(step.detail, names)) if names else step
         # Each Microsoft Graph source: one probe call that shows its permission works (source_check.py).
         for v in source_verdicts(tenant, collector.client, signed_in=signed_in):
             yield Step(v.name, Verdict(v.verdict), rename_settings(v.detail, names), v.subject)

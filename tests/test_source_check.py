@@ -166,3 +166,23 @@ def test_the_first_run_step_gives_each_source_its_own_backfill_span(make_env: En
         f"backfilling Entra.SignIns from {graph_edge} (30 days back, the API's limit) to now"
     )
     assert "Graph sources signins" in unset["settings"].detail
+
+
+def test_a_tenant_collecting_only_graph_sources_skips_the_audit_feeds_steps_and_probes_each_source(
+    simulator: Simulator, make_env: EnvFactory
+) -> None:
+    """Its app need not hold ActivityFeed.Read: `check` passes on the Graph permissions alone, and a bad
+    credential still fails, at the Graph probes (each signs in itself)."""
+    simulator.add_tenant(dataclasses.replace(TENANT, tenant_id=OTHER, roles=()))  # no audit feed role at all
+    env = make_env(O365_TENANT_ID=OTHER, O365_SOURCES="signins,directoryaudits", O365_GRAPH_URL=simulator.api_url)
+    steps = list(diagnose(env))
+    names = [s.name for s in steps]
+    assert "permissions" not in names
+    assert "subscriptions" not in names
+    skipped = next(s for s in steps if s.name == "audit feed")
+    assert skipped.verdict is Verdict.SKIP
+    probes = [s for s in steps if s.name.startswith("source ")]
+    assert [s.name for s in probes] == ["source signins", "source directoryaudits"]
+    assert all(s.verdict is Verdict.OK for s in probes), probes
+    wrong = list(diagnose(env | {"O365_CLIENT_SECRET": "not-the-secret"}))
+    assert all(s.verdict is Verdict.FAIL for s in wrong if s.name.startswith("source ")), wrong
