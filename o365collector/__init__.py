@@ -1,4 +1,5 @@
-"""Office 365 audit-log collector: list content from the Management Activity API, queue it, fetch and ship it.
+"""Office 365 audit-log collector: list content from the Management Activity API (and Microsoft Graph's logs),
+queue it, fetch and ship it.
 
 Where things are (``function_app.py`` only binds triggers to ``listing_queue`` and ``runtime``):
 
@@ -16,7 +17,12 @@ Where things are (``function_app.py`` only binds triggers to ``listing_queue`` a
 - **Operating**: ``cli`` (``running``, ``queue_runner``, ``ops_cli``, ``tenants_cli``, ``webhook_cli``,
   ``resend``, ``demo``); ``health`` builds the ``status_report`` from ``status``, ``deferral``,
   ``push_status`` and ``certificate_expiry``; ``diagnose`` is ``check``.
-- ``simulator``: a local Management Activity API, Entra token endpoint and Key Vault, for tests and the demo.
+- **Sources**: the lister and the fetcher call a ``sources.base.SourceClient`` per (tenant, stream), from
+  ``runtime.Collector.client``: ``management_api`` for the audit feed's content types, ``sources.graph_source``
+  for the Microsoft Graph logs (Entra sign-ins and directory audits, Exchange message trace); which
+  sources a tenant collects is ``sources.selection`` (``O365_SOURCES``), their names and labels ``sources.catalog``.
+- ``simulator``: a local Management Activity API, Microsoft Graph logs, Entra token endpoint and Key Vault,
+  for tests and the demo.
 
 Imports go one way (lower layers never import higher ones); ``tests/test_module_graph.py`` keeps it so.
 """
