@@ -345,6 +345,34 @@ def test_message_trace_details_only_on_request_and_counted(graph: FakeGraph) -> 
     )
 
 
+class StatesSeen(MemoryHistory):
+    """Records the tail row's state each time a detail call is made (the details come after the read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_details: list[object] = []
+
+
+def test_a_window_is_marked_read_before_its_message_trace_details_are_fetched(graph: FakeGraph) -> None:
+    """The details are paced and can take long: the next window must not wait on them (nor take this
+    window's reader for dead when its reading mark's lease runs out), so the tail is left first."""
+    graph.add(MESSAGE_TRACE_STREAM, "m1", W0, recipientAddress="adele@contoso.com")
+    detailed = client(graph, MESSAGE_TRACE_STREAM, message_trace_details=True)
+    history = StatesSeen()
+    tail_key = f"{MESSAGE_TRACE_STREAM}:tail:"
+    original = detailed._http.pages
+
+    def pages(url: str, what: str, **kwargs: Any) -> Any:
+        if "getDetailsByRecipient" in url:
+            history.during_details += [row.get("State") for (_, key), row in history.rows.items() if tail_key in key]
+        return original(url, what, **kwargs)
+
+    detailed._http.pages = pages  # type: ignore[method-assign]
+    fetched = detailed.fetch_unit(unit(detailed, W0, W0 + H), history)
+    assert fetched.records[0][DETAILS_KEY]
+    assert history.during_details == ["read"]
+
+
 # -- against the simulator's Graph (o365collector.simulator.graph) ---------------------------------------
 
 

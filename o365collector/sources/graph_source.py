@@ -131,11 +131,13 @@ class GraphSource:
         for page in self._http.pages(unit_uri(self._http.root, self.spec, plan.read), what):
             read.extend(page)
         selection = select(read, self.spec, window, plan)
-        if self._details:
-            attach_details(self._http, selection.records, self._detail_limiter, what)
+        # Read: the next window may go on now. The details (paced, possibly long) come after, so the reading
+        # mark never outlives its lease while this worker is alive (ids shipped later are still this window's).
         mark_read(
             history, tenant_id, self.spec, window, selection.tail, overlap=overlap, now=utc(self._clock()), since=now
         )
+        if self._details:
+            attach_details(self._http, selection.records, self._detail_limiter, what)
         log.debug(
             "%s: %d records read, %d to ship, %d shipped by the window before",
             what,
