@@ -24,6 +24,16 @@ TENANT = TenantSpec(
 )
 
 
+class Clock:
+    """A clock the test moves by hand (``clock.now = …``), never by sleeping; shared by simulator and collector."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
 def now() -> dt.datetime:
     """The time now, in UTC (what the collector's clock reads)."""
     return dt.datetime.now(dt.UTC)

@@ -25,6 +25,7 @@ from azure.identity import ClientSecretCredential
 
 from o365collector.simulator import Fault, SimBlob, Simulator, SimulatorConfig, TenantSpec, demo_environment
 from o365collector.simulator.cli import add_arguments, build
+from tests.support import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +36,6 @@ PUBLISHER = TENANT
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
 SCOPE = "https://manage.office.com/.default"
 DENIED = b'{"Message":"Authorization has been denied for this request."}'
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import requests
 from o365collector.simulator import Fault, Simulator, SimulatorConfig, TenantSpec
 from o365collector.simulator.cli import add_arguments, build
 from o365collector.simulator.graph_data import GraphRecord
+from tests.support import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +37,6 @@ PATHS = {
 }
 FIELDS = {SIGNINS: "createdDateTime", AUDITS: "activityDateTime", TRACE: "receivedDateTime"}
 ZERO = (dt.timedelta(0), dt.timedelta(0))
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture

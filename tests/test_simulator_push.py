@@ -20,6 +20,7 @@ import requests
 from o365collector.simulator import Simulator, SimulatorConfig, TenantSpec
 from o365collector.simulator.push import is_loopback_https
 from tests.loopback import LoopbackService, OwnedHandler
+from tests.support import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,6 @@ SECRET = "s3cret"
 NOW = dt.datetime(2024, 5, 20, 12, 0, tzinfo=dt.UTC)
 AUTH_ID = "o365activityapinotification"
 CT = "Audit.Exchange"
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 class _Handler(OwnedHandler):

@@ -36,7 +36,7 @@ from o365collector.sources.message_trace import DETAILS_KEY
 from o365collector.sources.settings import GraphSettings
 from o365collector.tenant_config import TenantConfig, tenant_from_env
 from tests.loopback import LoopbackService, OwnedHandler
-from tests.support import TENANT
+from tests.support import TENANT, Clock
 from tests.test_source_overlap import MemoryHistory
 
 TENANT_ID = "00000000-0000-0000-0000-0000000000a1"
@@ -145,14 +145,6 @@ def graph(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraph]:
     with FakeGraph() as server:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)  # requests prefers it over session.verify
         yield server
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 def client(
