@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .checkpoints import StreamLease
+from .checkpoints import CheckpointStore, StreamLease
 from .errors import CollectorError
 from .fetcher import FetchResult, Outcome
 from .invocation import TiedThreadPool
@@ -159,9 +159,10 @@ def list_message(
     length = target.settings.listing.lease
     holder = f"list:{message_id}"
     leases: dict[str, StreamLease] = {}
-    now = target.clock()
-    for content_type in wanted:
-        got = target.stream_leases.acquire(tenant.tenant_id, content_type, holder, now, length, handed=message.handed)
+    # One query reads the tenant's checkpoints and leases; one transaction takes the free leases.
+    rows = target.checkpoints.read_tenant(tenant.tenant_id)
+    verdicts = target.stream_leases.acquire_all(rows, wanted, holder, target.clock(), length, handed=message.handed)
+    for content_type, got in verdicts.items():
         if isinstance(got, StreamLease):
             leases[content_type] = got
         elif got is None:
@@ -172,7 +173,7 @@ def list_message(
     if outcome.busy:
         log.info("streams %s are being listed by another worker: skipped", ", ".join(outcome.busy), extra=fields)
     if leases:
-        outcome.result = _list_leased(target, tenant, leases, outcome)
+        outcome.result = _list_leased(target, tenant, leases, outcome, target.checkpoints.primed(rows))
     if wait_for_busy and outcome.busy:
         lapse = max(outcome.busy.values())
         delay = min(max(1, math.ceil((lapse - target.clock()).total_seconds()) + 1), int(length.total_seconds()) + 1)
@@ -196,13 +197,19 @@ def _tenant(target: Collector, tenant_id: str) -> TenantConfig | None:
 
 
 def _list_leased(
-    target: Collector, tenant: TenantConfig, leases: dict[str, StreamLease], outcome: ListOutcome
+    target: Collector,
+    tenant: TenantConfig,
+    leases: dict[str, StreamLease],
+    outcome: ListOutcome,
+    checkpoints: CheckpointStore,
 ) -> ListerResult:
     length = target.settings.listing.lease
 
     def renew() -> bool:
-        for content_type, lease in list(leases.items()):
-            renewed = target.stream_leases.renew(lease, target.clock() + length)
+        held = list(leases.items())
+        until = target.clock() + length
+        renewals = target.stream_leases.write_all([(lease, lease.holder, until) for _, lease in held])
+        for (content_type, _), renewed in zip(held, renewals, strict=True):
             if renewed is None:
                 # Our lease lapsed (a stall longer than the lease) and another worker took the stream: both
                 # list it now; the checkpoint's ETag lets only one of them advance each window.
@@ -219,7 +226,9 @@ def _list_leased(
     leased = tenant.only_streams(tuple(leases))
     try:
         with Heartbeat(renew, length.total_seconds() / 3, name="listing lease renewal"):
-            result = target.lister(tenants=(leased,), window_budget=target.settings.listing.windows_per_message).run()
+            result = target.lister(
+                tenants=(leased,), window_budget=target.settings.listing.windows_per_message, checkpoints=checkpoints
+            ).run()
         try:
             target.status.record_runs(result.streams, target.clock())
         except Exception as err:  # status is advisory: the listing itself succeeded or failed on its own
@@ -239,13 +248,12 @@ def _hand_over_and_release(
     """
     now = target.clock()
     token = f"continuation:{uuid.uuid4()}"
-    handed = []
-    for content_type, lease in leases.items():
-        if content_type in continued:
-            if target.stream_leases.hand_over(lease, token, now + target.settings.listing.lease) is not None:
-                handed.append(content_type)
-        else:
-            target.stream_leases.release(lease, now)
+    handing = [c for c in leases if c in continued]
+    # Releases end the lease now (the row is kept: its holder says who listed last); one transaction for all.
+    changes = [(leases[c], token, now + target.settings.listing.lease) for c in handing]
+    changes += [(lease, lease.holder, now) for c, lease in leases.items() if c not in continued]
+    written = target.stream_leases.write_all(changes)
+    handed = [c for c, lease in zip(handing, written[: len(handing)], strict=True) if lease is not None]
     if handed:
         # If this send fails the leases lapse and the next schedule's message lists the rest.
         continuation = ListMessage(tenant.tenant_id, tuple(handed), token)

@@ -260,16 +260,18 @@ class Collector:
         *,
         tenants: tuple[TenantConfig, ...] | None = None,
         window_budget: int | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> Lister:
         """The lister over every tenant, or over ``tenants`` at most ``window_budget`` windows per stream
-        (one list message's share, o365collector.listing_queue)."""
+        (one list message's share, o365collector.listing_queue), reading ``checkpoints`` (this collector's
+        by default; a list message passes the ones it read with its leases)."""
         return Lister(
             tenants=self.tenants() if tenants is None else tenants,
             window_budget=window_budget,
             concurrency=self.settings.list_concurrency,
             policy=self.settings.policy,
             client_for=self.client,
-            checkpoints=self.checkpoints,
+            checkpoints=self.checkpoints if checkpoints is None else checkpoints,
             queue=self._lister_queue(),
             clock=self.clock,
             on_window=on_window,
