@@ -209,7 +209,10 @@ class GraphHttp:
                 )
             yield records
             link = body.get("@odata.nextLink")
-            next_url = link if isinstance(link, str) and link else None
+            if link is not None and not (isinstance(link, str) and link):
+                # As a page without 'value': taking it for the last page would end the window early (a loss).
+                raise ApiTransientError(f"{what}: page {count} has an @odata.nextLink that is not a URL")
+            next_url = link
             if next_url is not None:
                 if next_url in seen or count >= max_pages:
                     raise ApiTransientError(f"{what}: Graph repeated a page or exceeded {max_pages} pages")
