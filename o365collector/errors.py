@@ -114,10 +114,12 @@ class UntrustedUrlError(PermanentError):
     Following it would send the bearer token to that host, so it is refused.
     """
 
-    def __init__(self, url_kind: str, host: str, expected_host: str) -> None:
+    def __init__(
+        self, url_kind: str, host: str, expected_host: str, *, settings: str = "O365_API_URL and O365_CLOUD"
+    ) -> None:
         super().__init__(
             f"refused to follow a {url_kind} pointing to {host!r}: only the configured API host "
-            f"{expected_host!r} receives the access token (check O365_API_URL and O365_CLOUD)"
+            f"{expected_host!r} receives the access token (check {settings})"
         )
         self.url_kind = url_kind
         self.host = host

@@ -192,6 +192,7 @@ def test_a_foreign_next_link_is_named_by_kind_and_host_only(scripted: ScriptedGr
     assert "evil.example" in text
     assert "SECRETVALUE" not in text
     assert "steal" not in text
+    assert "check O365_GRAPH_URL and O365_CLOUD" in text, "the Graph setting, not the audit feed's O365_API_URL"
     assert len(scripted.seen) == 1
     with pytest.raises(UntrustedUrlError, match=r"a Graph URL pointing to 'evil\.example'"):
         http(scripted.base_url).get_json("https://evil.example/v1.0/x", "read")

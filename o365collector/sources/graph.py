@@ -222,7 +222,8 @@ class GraphHttp:
         """One GET, retried; the body as a JSON object."""
         parts = urlparse(url)
         if not same_origin(parts, self._origin):
-            raise UntrustedUrlError(url_kind, printable(parts.netloc or url[:80]), self._origin.netloc)
+            host = printable(parts.netloc or url[:80])
+            raise UntrustedUrlError(url_kind, host, self._origin.netloc, settings="O365_GRAPH_URL and O365_CLOUD")
         policy = RetryPolicy(
             max_attempts=self._policy.max_attempts,
             max_seconds=self._policy.max_retry_seconds,
