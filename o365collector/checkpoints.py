@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,6 +35,7 @@ from azure.data.tables import TableClient, TableEntity, TableTransactionError, U
 
 from .errors import RetryableError
 from .models import FetchTask, utc
+from .storage import RETRY_POSTS_TOO
 
 # One operation of a table transaction: ("create" | "update", entity[, keyword arguments]).
 _Operation = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]
@@ -175,17 +177,26 @@ class CheckpointStore:
             "Cursor": cursor,
             **recent.to_properties(),
             "UpdatedAt": now,
+            "WriteId": uuid.uuid4().hex,  # tells this write's row from another run's (see below)
         }
         if swept is not None:
             entity["LateSweepAt"] = swept
         try:
             if checkpoint.etag is None:
-                meta = self._table.create_entity(entity)
+                meta = self._table.create_entity(entity, retry_on_methods=RETRY_POSTS_TOO)
             else:
                 meta = self._table.update_entity(
                     entity, mode=UpdateMode.REPLACE, etag=checkpoint.etag, match_condition=MatchConditions.IfNotModified
                 )
-        except (ResourceExistsError, ResourceModifiedError) as err:
+        except ResourceExistsError as err:
+            # Sent again after a dropped connection, the create may find its own row: then it carries this WriteId.
+            mine = self._table.get_entity(checkpoint.tenant_id, checkpoint.content_type)
+            if mine.get("WriteId") != entity["WriteId"]:
+                raise CheckpointConflictError(
+                    f"checkpoint {checkpoint.tenant_id}/{checkpoint.content_type} was moved by another run"
+                ) from err
+            meta = {"etag": mine.metadata["etag"]}
+        except ResourceModifiedError as err:
             raise CheckpointConflictError(
                 f"checkpoint {checkpoint.tenant_id}/{checkpoint.content_type} was moved by another run"
             ) from err
@@ -234,11 +245,6 @@ class _PrimedCheckpoints(CheckpointStore):
 
 
 LEASE_ROW_PREFIX = "lease:"
-# azure-core retries a POST only when an answer came back: a lease transaction is also retried when the
-# connection dropped before the answer (an idle pooled connection closed by the server as it was reused).
-# Safe: a transaction that had landed fails its ETag conditions on the retry, and the one-row path that
-# follows sees the rows already saying what this worker wrote (``_landed``, the holder's own redelivery).
-_RETRY_TRANSACTIONS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
 
 def is_lease_row(row_key: str) -> bool:
@@ -336,7 +342,7 @@ class StreamLeases:
         if not operations:
             return verdicts
         try:
-            answers = self._table.submit_transaction(operations, retry_on_methods=_RETRY_TRANSACTIONS)
+            answers = self._table.submit_transaction(operations, retry_on_methods=RETRY_POSTS_TOO)
         except TableTransactionError:
             for content_type in taking:
                 verdicts[content_type] = self.acquire(rows.tenant_id, content_type, holder, now, length, handed=handed)
@@ -391,7 +397,7 @@ class StreamLeases:
             for lease, holder, until in changes
         ]
         try:
-            answers = self._table.submit_transaction(operations, retry_on_methods=_RETRY_TRANSACTIONS)
+            answers = self._table.submit_transaction(operations, retry_on_methods=RETRY_POSTS_TOO)
         except TableTransactionError:
             return [self._write(lease, holder, until) for lease, holder, until in changes]
         return [

@@ -34,6 +34,7 @@ from azure.data.tables import TableClient, UpdateMode
 from .lister import StreamResult
 from .models import FetchTask, utc
 from .redaction import summary
+from .storage import RETRY_POSTS_TOO
 
 STREAM_PREFIX = "stream|"
 LOST_PREFIX = "lost|"
@@ -163,7 +164,7 @@ class StatusStore:
                 ("upsert", self._run_entity(s, now, s.seconds), {"mode": UpdateMode.MERGE}) for s in tenant_streams
             ]
             for start in range(0, len(operations), 100):  # a table batch holds at most 100 operations
-                self._table.submit_transaction(operations[start : start + 100])
+                self._table.submit_transaction(operations[start : start + 100], retry_on_methods=RETRY_POSTS_TOO)
 
     @staticmethod
     def _run_entity(stream: StreamResult, now: dt.datetime, seconds: float | None) -> dict[str, Any]:

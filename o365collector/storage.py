@@ -207,6 +207,13 @@ class StorageClients:
         ).get_table_client(name)
 
 
+# azure-core sends a POST again only when an answer came back (500, 503, 504), not after the connection
+# dropped before the answer: the POST may have landed. Pass this as ``retry_on_methods`` for the table POSTs
+# that are safe to send again: upserts, and creates or ETag-conditional writes whose caller recognises its
+# own landed write in the rows (a pooled connection the server closed just as it was reused).
+RETRY_POSTS_TOO = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
+
+
 def pooled_transport() -> RequestsTransport:
     """azure-core's requests transport (retries off: the SDK's policy retries) with ``POOL_CONNECTIONS``."""
     session = EnvironmentOnceSession()

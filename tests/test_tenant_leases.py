@@ -7,7 +7,7 @@ import datetime as dt
 import http.client
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -15,6 +15,8 @@ from azure.data.tables import TableClient
 
 from o365collector.azurite import Azurite
 from o365collector.checkpoints import CheckpointConflictError, CheckpointStore, RecentBlobs, StreamLease, StreamLeases
+from o365collector.lister import StreamResult
+from o365collector.status import STREAM_PREFIX, StatusStore
 from tests.loopback import LoopbackService, OwnedHandler
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -183,9 +185,10 @@ def test_primed_checkpoints_answer_each_stream_s_first_read_from_the_partition_r
     with pytest.raises(CheckpointConflictError):
         primed.advance(dlp, NOW, RecentBlobs(), NOW)
     # Later reads, and other tenants' reads, go to the table.
+    counting.calls.clear()
     assert primed.get(TID, "Audit.Exchange").cursor == NOW + LISTING
     assert primed.get(OTHER, "Audit.SharePoint").cursor == NOW
-    assert counting.calls.count("get_entity") == 2
+    assert counting.calls == ["get_entity", "get_entity"]
 
 
 class LosingHandler(OwnedHandler):
@@ -202,7 +205,7 @@ class LosingHandler(OwnedHandler):
             content = answer.read()
         finally:
             upstream.close()
-        if self.path.split("?")[0].endswith("/$batch") and not owner.lost:
+        if owner.loses(self.command, self.path.split("?")[0]) and not owner.lost:
             owner.lost.append(self.path)
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -219,15 +222,28 @@ class LosingHandler(OwnedHandler):
 
 
 class AnswerLosingProxy(LoopbackService):
-    def __init__(self, table_port: int) -> None:
+    def __init__(self, table_port: int, loses: Callable[[str, str], bool]) -> None:
         super().__init__(LosingHandler, tls=False, timeout=10.0, name="answer-losing-proxy")
         self.table_port = table_port
+        self.loses = loses
+        """Whether the first request of this (method, path) loses its answer."""
         self.lost: list[str] = []
 
 
+def a_transaction(method: str, path: str) -> bool:
+    return path.endswith("/$batch")
+
+
+def an_insert(method: str, path: str) -> bool:
+    return method == "POST" and "(" not in path and not path.endswith("/$batch")
+
+
 @pytest.fixture
-def losing(azurite: Azurite, table: TableClient) -> Iterator[tuple[TableClient, AnswerLosingProxy]]:
-    with AnswerLosingProxy(azurite.table_port) as proxy:
+def losing(
+    azurite: Azurite, table: TableClient, request: pytest.FixtureRequest
+) -> Iterator[tuple[TableClient, AnswerLosingProxy]]:
+    loses = getattr(request, "param", a_transaction)
+    with AnswerLosingProxy(azurite.table_port, loses) as proxy:
         connection = azurite.connection_string.replace(f":{azurite.table_port}/", f":{proxy.port}/")
         client = TableClient.from_connection_string(
             connection, table_name=table.table_name, retry_backoff_factor=0.01, retry_backoff_max=0.05
@@ -274,3 +290,26 @@ def test_a_single_lease_write_is_a_plain_conditional_update(table: TableClient) 
     counting.calls.clear()
     assert leased(leases.write_all([(lease, "list:a", NOW)])[0]).until == NOW
     assert counting.calls == ["update_entity"]
+
+
+@pytest.mark.parametrize("losing", [an_insert], indirect=True)
+def test_a_first_checkpoint_whose_answer_was_lost_is_created_once_and_kept(
+    table: TableClient, losing: tuple[TableClient, AnswerLosingProxy]
+) -> None:
+    client, proxy = losing
+    store = CheckpointStore(client)
+    saved = store.advance(store.get(TID, "Audit.Exchange"), NOW, RecentBlobs(), NOW)
+    assert proxy.lost, "the create's answer was lost once, and the create sent again"
+    row = table.get_entity(TID, "Audit.Exchange")
+    assert (saved.cursor, saved.etag) == (NOW, row.metadata["etag"]), "its own row: the next window moves it"
+    store.advance(saved, NOW + LISTING, RecentBlobs(), NOW + LISTING)
+    assert table.get_entity(TID, "Audit.Exchange")["Cursor"] == NOW + LISTING
+
+
+def test_a_status_transaction_whose_answer_was_lost_is_sent_again(
+    table: TableClient, losing: tuple[TableClient, AnswerLosingProxy]
+) -> None:
+    client, proxy = losing
+    StatusStore(client).record_runs([StreamResult(TID, t, windows=1) for t in TYPES], NOW)
+    assert proxy.lost
+    assert sorted(e["RowKey"] for e in table.list_entities()) == sorted(STREAM_PREFIX + t for t in TYPES)
