@@ -237,6 +237,26 @@ def test_elasticsearch_pipeline_and_index_settings_stay_the_audit_feeds(es: Bulk
     assert graph_bulk.query == {}
 
 
+def test_elasticsearch_a_refused_graph_document_names_its_own_data_stream(es: BulkServer) -> None:
+    """The refusal and the privilege to grant name the data stream the Graph document went to, not the audit
+    feed's SINK_ELASTICSEARCH_INDEX it was never sent to."""
+    es.forbid_writes()
+    sink = es_sink(es, "logs-o365.audit-prod")
+    try:
+        with pytest.raises(SinkPermanentError) as refused:
+            sink.send([RECORDS[SIGNINS_STREAM]], context(SIGNINS_STREAM))
+    finally:
+        sink.close()
+    message = str(refused.value)
+    data_stream = "'logs-o365collector.entra_signins-prod'"
+    assert (
+        f"for index {data_stream} (the {SIGNINS_STREAM} data stream, in the namespace of SINK_ELASTICSEARCH_INDEX)"
+        in message
+    )
+    assert f"grant the create_doc privilege on {data_stream}" in message
+    assert "logs-o365.audit-prod" not in message
+
+
 # -- Log Analytics
 
 DCR_ID = "dcr-4f2a9c0e1b7d4e6f8a3c5b9d0e2f4a6c"

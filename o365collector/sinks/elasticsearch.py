@@ -480,7 +480,7 @@ class ElasticsearchSink:
 
         def attempt() -> None:
             nonlocal pending, body
-            remaining = self._post_bulk(body, pending, params)
+            remaining = self._post_bulk(body, pending, params, stream)
             if remaining:
                 pending = remaining
                 body = NDJSON.encode([self._operation(records, i, tenant_id, stream) for i in remaining])
@@ -499,8 +499,10 @@ class ElasticsearchSink:
                 extra=extra,
             )
 
-    def _post_bulk(self, body: bytes, sent: list[int], params: dict[str, str] | None = None) -> list[int]:
-        """POST one ``_bulk`` body holding the records at ``sent``; returns those to send again."""
+    def _post_bulk(
+        self, body: bytes, sent: list[int], params: dict[str, str] | None = None, stream: str = ""
+    ) -> list[int]:
+        """POST one ``_bulk`` body holding the records at ``sent`` (of ``stream``); returns those to send again."""
         headers = self._headers()
         headers["Content-Type"] = NDJSON.content_type
         response = self._core.request(
@@ -551,13 +553,18 @@ class ElasticsearchSink:
                 )
             )
         if refused:
-            raise self._refused_error(refused, len(sent))
+            raise self._refused_error(refused, len(sent), stream)
         return retry
 
     # -- classification
 
-    def _refused_error(self, refused: list[tuple[str | None, str, str, int]], sent: int) -> SinkPermanentError:
-        index = self._settings.index
+    def _refused_error(
+        self, refused: list[tuple[str | None, str, str, int]], sent: int, stream: str = ""
+    ) -> SinkPermanentError:
+        index, named_by = self._settings.index, "SINK_ELASTICSEARCH_INDEX"
+        if is_graph_stream(stream):  # its own data stream, in the namespace SINK_ELASTICSEARCH_INDEX gives
+            index = elastic_graph.data_stream(stream, self._graph_namespace)
+            named_by = f"the {stream} data stream, in the namespace of SINK_ELASTICSEARCH_INDEX"
         shown = "; ".join(
             f"{kind} ({status}){f' for _id {doc_id}' if doc_id else ''}: {reason}"
             for doc_id, kind, reason, status in refused[:ITEM_ERRORS_SHOWN]
@@ -569,14 +576,18 @@ class ElasticsearchSink:
             hint = " (create the index or data stream, or allow automatic index creation)"
         elif "security_exception" in kinds or any(status == 403 for *_, status in refused):
             hint = f" (grant the create_doc privilege on {index!r} to {self._settings.credential_settings})"
-        elif self._integration and any("@timestamp" in reason for _, _, reason, _ in refused):
+        elif (
+            self._integration
+            and not is_graph_stream(stream)  # Graph documents carry their own @timestamp
+            and any("@timestamp" in reason for *_, reason, _ in refused)
+        ):
             hint = (
                 " (install the Microsoft 365 integration's assets in Kibana: its ingest pipeline sets "
                 "@timestamp; or set SINK_ELASTICSEARCH_SHAPE=raw)"
             )
         return SinkPermanentError(
             f"{self._core.endpoint} refused {len(refused)} of {sent} documents for index {index!r} "
-            f"(SINK_ELASTICSEARCH_INDEX): {shown}{more}{hint}"
+            f"({named_by}): {shown}{more}{hint}"
         )
 
     def _request_error(self, response: requests.Response) -> CollectorError:
