@@ -27,6 +27,7 @@ from o365collector.sources.graph_source import GraphSource, graph_client
 from o365collector.sources.message_trace import MESSAGE_TRACE_LOG, attach_details, trace_key
 from o365collector.sources.overlap import ReadPlan, mark_read, plan_read, select, tail_key, tail_state
 from o365collector.sources.settings import GraphSettings
+from tests.test_source_edges import CountingLimiter
 from tests.test_source_graph import NOW, TENANT_ID, W0, FakeGraph, H, client, gtime, unit
 from tests.test_source_overlap import EARLIEST, OVERLAP, MemoryHistory, T, at, window
 from tests.test_source_units import tenant as cloud_tenant
@@ -45,15 +46,6 @@ def fake_graph(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGraph]:
 
 def detail_requests(graph: FakeGraph) -> list[str]:
     return [path for path, _, _ in graph.requests if "getDetailsByRecipient" in path]
-
-
-class CountingLimiter:
-    def __init__(self) -> None:
-        self.acquired = 0
-
-    def acquire(self) -> float:
-        self.acquired += 1
-        return 0.0
 
 
 # -- the tail memo -----------------------------------------------------------------------------------
