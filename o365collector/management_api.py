@@ -40,7 +40,7 @@ from .errors import (
 )
 from .models import ContentBlob, FetchTask, ListingEntryError, Record, TimeWindow, format_api_time
 from .ratelimit import Pacer, RateLimiter
-from .redaction import printable
+from .redaction import printable, shown_host
 from .request_counts import RequestCounts
 from .retry import RetryPolicy, parse_retry_after, retrying
 from .sessions import EnvironmentOnceSession
@@ -383,7 +383,7 @@ class ManagementApiClient:
         """The URL with PublisherIdentifier added, if it points at the configured API host; else refuse."""
         parts = urlparse(url)
         if not same_origin(parts, urlparse(self.tenant.api_url)):
-            raise UntrustedUrlError(url_kind, printable(parts.netloc or url[:80]), self._api_netloc)
+            raise UntrustedUrlError(url_kind, shown_host(parts.netloc) or printable(url[:80]), self._api_netloc)
         # Follow the service's URL verbatim; only append the quota key when it is missing.
         if any(k.lower() == "publisheridentifier" for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
             return url
@@ -427,7 +427,7 @@ def content_uri_problem(content_uri: str, *, api_url: str, tenant_id: str, conte
     parts = urlsplit(content_uri)
     api = urlsplit(api_url)
     if not same_origin(parts, api):
-        return f"the contentUri points to {printable(parts.netloc)!r}, not to the API host {api.netloc!r}"
+        return f"the contentUri points to {shown_host(parts.netloc)!r}, not to the API host {api.netloc!r}"
     if parts.query or parts.fragment:
         return "the contentUri carries a query or a fragment, which the API's content URIs never have"
     prefix = api.path.rstrip("/") + "/"

@@ -112,6 +112,11 @@ def redact(text: str, *, keep_newlines: bool = False) -> str:
     return _escape(text, keep_newlines=keep_newlines)
 
 
+def shown_host(netloc: str) -> str:
+    """A URL's host (and port) to name in a message: printable, and without any ``user:password@``."""
+    return printable(netloc.rpartition("@")[2])
+
+
 def printable(text: str) -> str:
     """``text`` with control characters (CR, LF, ESC, ...) escaped, for ids and URIs in logs."""
     return _escape(text, keep_newlines=False)

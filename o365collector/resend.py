@@ -207,7 +207,7 @@ def _resend_row(
         client = collector.client(tenant.tenant_id, content_type)
         problem = client.unit_problem(task)  # the fetcher's own check
         if problem is not None:
-            result.failed.append(f"{tenant.tenant_id} {shown}: {problem}")
+            result.failed.append(f"{tenant.tenant_id} {shown}: {redact(problem)}")  # a URI may carry userinfo
             return
         unit = client.fetch_unit(task, NoMemos())  # on its own: no overlap re-read, nothing left for others
         to_ship, _filtered = unit.to_ship(collector.settings.record_filter)

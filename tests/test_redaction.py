@@ -16,7 +16,7 @@ import pytest
 from o365collector import redaction
 from o365collector.envparse import Secret, get_https_url
 from o365collector.errors import ConfigError
-from o365collector.redaction import MASK, describe, redact, register_secret, summary
+from o365collector.redaction import MASK, describe, redact, register_secret, shown_host, summary
 
 
 def canary(label: str = "canary") -> str:
@@ -189,3 +189,10 @@ def test_url_settings_with_credentials_are_refused_without_echoing_them(setting:
     assert setting in str(caught.value)
     assert "credentials" in str(caught.value)
     assert value not in str(caught.value)
+
+
+def test_a_host_named_in_a_message_keeps_its_port_and_drops_userinfo_and_control_characters() -> None:
+    assert shown_host("operator:hunter2@evil.example:8443") == "evil.example:8443"
+    assert shown_host("token@a@b.example") == "b.example"
+    assert shown_host("manage.office.com") == "manage.office.com"
+    assert shown_host("evil\r\n.example") == "evil\\r\\n.example"

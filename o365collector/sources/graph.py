@@ -35,7 +35,7 @@ from ..errors import ApiPermanentError, ApiTransientError, CollectorError, Untru
 from ..management_api import ApiStats, same_origin
 from ..models import Record
 from ..ratelimit import RateLimiter
-from ..redaction import printable
+from ..redaction import printable, shown_host
 from ..request_counts import RequestCounts
 from ..retry import RetryPolicy, parse_retry_after, retrying
 from ..tenant_config import TenantConfig
@@ -222,7 +222,7 @@ class GraphHttp:
         """One GET, retried; the body as a JSON object."""
         parts = urlparse(url)
         if not same_origin(parts, self._origin):
-            host = printable(parts.netloc or url[:80])
+            host = shown_host(parts.netloc) or printable(url[:80])
             raise UntrustedUrlError(url_kind, host, self._origin.netloc, settings="O365_GRAPH_URL and O365_CLOUD")
         policy = RetryPolicy(
             max_attempts=self._policy.max_attempts,
