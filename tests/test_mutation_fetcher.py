@@ -22,7 +22,18 @@ from azure.data.tables import TableClient
 
 from o365collector.azurite import Azurite
 from o365collector.checkpoints import RECENT_MAX_ENTRIES, ClaimStatus, Ledger, RecentBlobs
-from o365collector.deferral import EXPIRY_WARNING, MAX_VISIBILITY, backoff_delay, plan_deferral, waiting_for
+from o365collector.config import HealthPolicy
+from o365collector.deferral import (
+    EXPIRY_WARNING,
+    MAX_CAUSE_CHARS,
+    MAX_VISIBILITY,
+    DeferredBlob,
+    backoff_delay,
+    expiry_message,
+    plan_deferral,
+    report_deferrals,
+    waiting_for,
+)
 from o365collector.errors import (
     ApiTransientError,
     MessageFormatError,
@@ -48,6 +59,7 @@ from o365collector.models import (
 )
 from o365collector.runtime import Collector
 from o365collector.simulator import Fault, Simulator
+from o365collector.status_report import StatusReport, StreamReport
 from tests.receivers import HttpReceiver
 from tests.support import TENANT, now
 
@@ -570,3 +582,44 @@ def test_only_the_last_delivery_of_a_sink_or_api_failure_is_deferred_and_says_wh
     assert waiting_for(ApiTransientError("500"), last_delivery=True) == "the Management Activity API"
     assert waiting_for(named, last_delivery=False) is None
     assert waiting_for(RetryableError("storage"), last_delivery=True) is None
+
+
+# -- the deferral report (status and health) ------------------------------------------------------------
+
+
+def _deferred(
+    content_id: str, attempt: int, next_attempt: dt.datetime, expiration: dt.datetime, cause: str
+) -> DeferredBlob:
+    return DeferredBlob(
+        TENANT.tenant_id, "Audit.Exchange", content_id, "sink splunk", cause, attempt, next_attempt, expiration
+    )
+
+
+def test_the_deferral_report_names_the_soonest_attempt_the_latest_cause_and_the_nearest_expiry() -> None:
+    at = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+    stream = StreamReport(TENANT.tenant_id, "Audit.Exchange")
+    blobs = [
+        _deferred("a", 1, at + dt.timedelta(minutes=40), at + dt.timedelta(days=5), "HTTP 503 (old)"),
+        _deferred("b", 3, at + dt.timedelta(minutes=20), at + EXPIRY_WARNING - dt.timedelta(hours=1), "HTTP 503 old"),
+        _deferred("c", 2, at + dt.timedelta(minutes=90), at + dt.timedelta(days=6), "HTTP 401 (newest)"),
+    ]
+    report_deferrals(StatusReport(at, HealthPolicy(), "q", "p", streams=[stream]), blobs, at)
+    [entry] = stream.deferred
+    assert entry["blobs"] == 3
+    assert entry["next_attempt_at"] == "2026-12-05T12:20:00Z", "the soonest next attempt"
+    assert entry["cause"] == "HTTP 401 (newest)", "the cause of the blob deferred last (latest next attempt)"
+    assert stream.degraded == ["3 blobs waiting for sink splunk (next attempt 12:20): HTTP 401 (newest)"]
+    [problem] = stream.problems
+    assert problem == expiry_message(EXPIRY_WARNING - dt.timedelta(hours=1), "sink splunk", "HTTP 401 (newest)")
+
+
+def test_a_deferral_cause_is_kept_up_to_its_limit_in_the_status_table(make_collector: Callable[..., Collector]) -> None:
+    collector = make_collector()
+    task = FetchTask(
+        TENANT.tenant_id, "Audit.Exchange", "blob-1", "https://x/blob-1", now(), now() + dt.timedelta(days=7)
+    )
+    long_cause = " ".join(["word"] * 240)  # 1,199 characters
+    deferral = plan_deferral(task, now(), MAX_VISIBILITY)
+    collector.deferrals.record(task, deferral, "sink splunk", long_cause, now())
+    [row] = collector.deferrals.list_deferred()
+    assert 900 < len(row.cause) <= MAX_CAUSE_CHARS
