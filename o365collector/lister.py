@@ -168,11 +168,11 @@ class _StreamTask:
         self.sweep_from = 0
         """Index of the first late-sweep window in ``windows`` (they come after the normal ones)."""
         self.sweep_recorded_at: int | None = None
+        """Index of the window whose save records the sweep as done (None: no sweep due)."""
         self.policy = CollectionPolicy()
         """The stream's source's bounds, set when the stream is planned."""
         self.new_windows = 0
         """Windows listed in this run that end past the checkpoint it started from (what ``window_budget`` counts)."""
-        """Index of the window whose save records the sweep as done (None: no sweep due)."""
 
     @property
     def key(self) -> str:
