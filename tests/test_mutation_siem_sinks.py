@@ -26,6 +26,7 @@ from o365collector.sinks import syslog
 from o365collector.sinks.loganalytics import (
     LogAnalyticsSink,
     LogAnalyticsSinkSettings,
+    _ServiceError,
     build_credential,
     with_record_column,
 )
@@ -540,3 +541,22 @@ def test_log_analytics_close_also_closes_the_credential() -> None:
     sink = LogAnalyticsSink(LogAnalyticsSinkSettings.from_env(la_env()), credential=credential)
     sink.close()
     assert credential.closed
+
+
+class _Answer:
+    def __init__(self, payload: object) -> None:
+        self._payload = payload
+
+    def json(self) -> object:
+        return self._payload
+
+
+def test_log_analytics_a_service_error_is_one_line_cut_to_300_characters() -> None:
+    wordy = "The\\tstream\n  Custom-O365   was not found " + "x" * 400
+    error = _ServiceError.of(_Answer({"error": {"code": "InvalidStream", "message": wordy}}))
+    assert error.code == "InvalidStream"
+    assert error.message is not None
+    assert error.message.startswith("The\\tstream Custom-O365 was not found x")
+    assert len(error.message) == 300
+    assert str(error).startswith(" (InvalidStream: The")
+    assert str(_ServiceError.of(_Answer(["not an object"]))) == ""
