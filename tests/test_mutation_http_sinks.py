@@ -41,12 +41,6 @@ RECORDS: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as instance:
-        yield instance
-
-
-@pytest.fixture
 def delays() -> list[float]:
     """What the sinks would have slept between attempts (they never really sleep here)."""
     return []
