@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from azure.data.tables import TableClient
 
 from o365collector.azurite import Azurite, find_azurite, start_azurite
 from o365collector.config import Settings
@@ -55,6 +56,14 @@ def names() -> dict[str, str]:
         "O365_LEDGER_TABLE": f"ledger{suffix}",
         "O365_STATUS_TABLE": f"status{suffix}",
     }
+
+
+@pytest.fixture
+def table(azurite: Azurite) -> TableClient:
+    """A fresh, empty table on the session's Azurite."""
+    client = TableClient.from_connection_string(azurite.connection_string, table_name=f"t{uuid.uuid4().hex[:12]}")
+    client.create_table()
+    return client
 
 
 @pytest.fixture

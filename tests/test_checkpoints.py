@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any, cast
 
 import pytest
 from azure.data.tables import TableClient
 
-from o365collector.azurite import Azurite
 from o365collector.checkpoints import (
     RECENT_MAX_ENTRIES,
     CheckpointConflictError,
@@ -25,13 +23,6 @@ from o365collector.models import FetchTask
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 H = dt.timedelta(hours=1)
 TID = "11111111-2222-4333-8444-555555555555"
-
-
-@pytest.fixture
-def table(azurite: Azurite) -> TableClient:
-    client = TableClient.from_connection_string(azurite.connection_string, table_name=f"t{uuid.uuid4().hex[:12]}")
-    client.create_table()
-    return client
 
 
 def task(content_id: str = "2026112212$abc$audit_exchange$Audit_Exchange$emea0001") -> FetchTask:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -20,7 +19,6 @@ import pytest
 from azure.core.exceptions import ResourceModifiedError
 from azure.data.tables import TableClient
 
-from o365collector.azurite import Azurite
 from o365collector.checkpoints import RECENT_MAX_ENTRIES, ClaimStatus, Ledger, RecentBlobs
 from o365collector.config import HealthPolicy
 from o365collector.deferral import (
@@ -68,13 +66,6 @@ CollectorFactory = Callable[..., Collector]
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 LEASE = dt.timedelta(minutes=10)
 H = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-def table(azurite: Azurite) -> TableClient:
-    client = TableClient.from_connection_string(azurite.connection_string, table_name=f"t{uuid.uuid4().hex[:12]}")
-    client.create_table()
-    return client
 
 
 def ledger_task(content_id: str = "2026112212$abc$audit_exchange$Audit_Exchange$emea0001") -> FetchTask:

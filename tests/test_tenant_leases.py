@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -38,13 +37,6 @@ class CountingTable:
         if callable(attribute):
             self.calls.append(name)
         return attribute
-
-
-@pytest.fixture
-def table(azurite: Azurite) -> TableClient:
-    client = TableClient.from_connection_string(azurite.connection_string, table_name=f"t{uuid.uuid4().hex[:12]}")
-    client.create_table()
-    return client
 
 
 def leased(got: StreamLease | dt.datetime | None) -> StreamLease:
