@@ -391,7 +391,7 @@ def test_a_403_item_of_any_type_says_which_privilege_to_grant(es: BulkServer, es
     item = {"create": {"_index": INDEX, "status": 403, "error": {"type": "authorization_exception", "reason": "no"}}}
     es.fail_next(1, status=200, body={"took": 1, "errors": True, "items": [item] * 3})
     with pytest.raises(SinkPermanentError, match="grant the create_doc privilege on 'o365-audit'") as caught:
-        es_sink(es, SINK_ELASTICSEARCH_API_KEY="VGhlS2V5SWQ6c2VjcmV0").send(RECORDS, CONTEXT)
+        es_sink(es, SINK_ELASTICSEARCH_API_KEY="VGhlS2V5SWQ6azN5LTlmMmUtbmV2ZXItaW4tcHJvc2U=").send(RECORDS, CONTEXT)
     assert "SINK_ELASTICSEARCH_API_KEY" in str(caught.value)
 
 
