@@ -20,6 +20,7 @@ import requests
 
 from o365collector.errors import SinkPermanentError
 from o365collector.models import BlobContext, Record
+from o365collector.sinks.base import Sink
 from o365collector.sinks.elasticsearch import ElasticsearchSink, ElasticsearchSinkSettings
 from o365collector.sinks.loganalytics import LogAnalyticsSinkSettings
 from o365collector.sinks.splunk import SplunkSink, SplunkSinkSettings
@@ -112,6 +113,16 @@ def context(stream: str) -> BlobContext:
     return BlobContext(TENANT_ID, stream, f"{stream}_20260301T110000Z_20260301T120000Z", NOW)
 
 
+def send_every_source(sink: Sink) -> None:
+    """The audit record, then one record of each Graph stream, each as its own unit; then close the sink."""
+    try:
+        sink.send([AUDIT], context("Audit.Exchange"))
+        for stream in GRAPH_STREAMS:
+            sink.send([RECORDS[stream]], context(stream))
+    finally:
+        sink.close()
+
+
 @pytest.fixture(autouse=True)
 def _trust_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """requests lets REQUESTS_CA_BUNDLE override a session's verify: the HTTP sinks here trust each fake per session."""
@@ -140,12 +151,7 @@ def test_splunk_sourcetype_is_the_ecosystem_name_of_each_graph_stream(hec: HecSe
     """Graph records get azure:aad:signin, azure:aad:audit, o365:reporting:messagetrace and their own time;
     SINK_SPLUNK_SOURCETYPE keeps naming the audit feed's sourcetype (default o365:management:activity)."""
     sink = splunk_sink(hec, **({"SINK_SPLUNK_SOURCETYPE": configured} if configured else {}))
-    try:
-        sink.send([AUDIT], context("Audit.Exchange"))
-        for stream in GRAPH_STREAMS:
-            sink.send([RECORDS[stream]], context(stream))
-    finally:
-        sink.close()
+    send_every_source(sink)
     audit, *graph = hec.events
     assert audit == {
         "time": int(dt.datetime(2026, 3, 1, 11, 59, 58, tzinfo=dt.UTC).timestamp()),
@@ -190,12 +196,7 @@ def test_elasticsearch_graph_records_go_to_their_own_data_streams_in_the_audit_n
     """With the o365 integration's data stream configured, the audit record keeps its integration shape there;
     each Graph record goes to logs-<dataset>-prod with @timestamp, data_stream.* and event.dataset."""
     sink = es_sink(es, "logs-o365.audit-prod")
-    try:
-        sink.send([AUDIT], context("Audit.Exchange"))
-        for stream in GRAPH_STREAMS:
-            sink.send([RECORDS[stream]], context(stream))
-    finally:
-        sink.close()
+    send_every_source(sink)
     (audit,) = es.docs("logs-o365.audit-prod")
     assert audit["o365audit"] == AUDIT
     assert audit["event"]["dataset"] == "o365.audit"
@@ -378,12 +379,7 @@ def test_syslog_msgid_is_the_stream_name_and_the_timestamp_the_records_own(syslo
         "SINK_SYSLOG_HOSTNAME": "collector-01",
     }
     sink = SyslogSink(SyslogSinkSettings.from_env(env), connect=socket.create_connection, clock=lambda: NOW)
-    try:
-        sink.send([AUDIT], context("Audit.Exchange"))
-        for stream in GRAPH_STREAMS:
-            sink.send([RECORDS[stream]], context(stream))
-    finally:
-        sink.close()
+    send_every_source(sink)
     messages = syslog_server.wait_for(4)
     assert [m.msgid for m in messages] == ["Audit.Exchange", *GRAPH_STREAMS]
     assert messages[0].timestamp.startswith("2026-03-01T11:59:58")
