@@ -351,19 +351,6 @@ class StreamLeases:
             verdicts[content_type] = StreamLease(rows.tenant_id, content_type, holder, now + length, answer["etag"])
         return verdicts
 
-    def renew(self, lease: StreamLease, until: dt.datetime) -> StreamLease | None:
-        """Extend (or hand over, with another holder) a lease still held; None when it was taken over."""
-        return self._write(lease, lease.holder, until)
-
-    def hand_over(self, lease: StreamLease, holder: str, until: dt.datetime) -> StreamLease | None:
-        """Give the lease to the continuation message ``holder`` until ``until``: only that message may take it
-        before then, so the schedule's next message for the tenant does not start a second chain."""
-        return self._write(lease, holder, until)
-
-    def release(self, lease: StreamLease, now: dt.datetime) -> None:
-        """End the lease now (kept as a row: its holder says who listed last)."""
-        self._write(lease, lease.holder, now)
-
     def _write(self, lease: StreamLease, holder: str, until: dt.datetime) -> StreamLease | None:
         try:
             meta = self._table.update_entity(_lease_entity(lease, holder, until), **_if_unchanged(lease.etag))
@@ -388,8 +375,11 @@ class StreamLeases:
         return StreamLease(lease.tenant_id, lease.content_type, holder, until, etag)
 
     def write_all(self, changes: Sequence[tuple[StreamLease, str, dt.datetime]]) -> list[StreamLease | None]:
-        """Several ``(lease, holder, until)`` writes of one tenant's leases (renewals, hand-overs, releases) in
-        one transaction; if any lease was taken over meanwhile, each is written alone (None for the lost)."""
+        """Several ``(lease, holder, until)`` writes of one tenant's leases in one transaction; if any lease was
+        taken over meanwhile, each is written alone (None for the lost). A renewal keeps the holder and moves
+        ``until``; a hand-over names the continuation message, which alone may take the lease before ``until``
+        (so the schedule's next message does not start a second chain); a release sets ``until`` to now and
+        keeps the row, whose holder says who listed last."""
         if len(changes) < 2 or len({lease.tenant_id for lease, _, _ in changes}) > 1:
             return [self._write(lease, holder, until) for lease, holder, until in changes]
         operations: list[_Operation] = [

@@ -218,28 +218,29 @@ def test_a_redelivered_list_message_takes_back_its_own_live_lease(table: TableCl
 def test_a_renewal_extends_a_lease_still_held_and_fails_once_another_took_it(table: TableClient) -> None:
     leases = StreamLeases(table)
     lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
-    renewed = leases.renew(lease, NOW + 2 * LISTING)
+    [renewed] = leases.write_all([(lease, lease.holder, NOW + 2 * LISTING)])
     assert renewed is not None
     assert (renewed.holder, renewed.until) == ("list:a", NOW + 2 * LISTING)
     assert leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING, LISTING) == NOW + 2 * LISTING, "renewed: busy"
     taken = leased(leases.acquire(TID, "Audit.Exchange", "list:b", NOW + 3 * LISTING, LISTING))  # a stall: it lapsed
-    assert leases.renew(renewed, NOW + 4 * LISTING) is None, "taken over: the stale holder learns it"
-    assert leases.hand_over(renewed, "continuation:x", NOW + 4 * LISTING) is None
-    leases.release(renewed, NOW + 3 * LISTING)  # a stale release changes nothing
+    stale = leases.write_all([(renewed, renewed.holder, NOW + 4 * LISTING)])
+    assert stale == [None], "taken over: the stale holder learns it"
+    assert leases.write_all([(renewed, "continuation:x", NOW + 4 * LISTING)]) == [None]
+    leases.write_all([(renewed, renewed.holder, NOW + 3 * LISTING)])  # a stale release changes nothing
     assert leases.acquire(TID, "Audit.Exchange", "list:c", NOW + 3 * LISTING, LISTING) == taken.until
 
 
 def test_a_released_lease_is_free_at_once(table: TableClient) -> None:
     leases = StreamLeases(table)
     lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
-    leases.release(lease, NOW + LISTING / 3)
+    leases.write_all([(lease, lease.holder, NOW + LISTING / 3)])
     assert leased(leases.acquire(TID, "Audit.Exchange", "list:b", NOW + LISTING / 3, LISTING)).holder == "list:b"
 
 
 def test_a_handed_lease_is_taken_only_by_its_continuation_and_a_superseded_one_is_dropped(table: TableClient) -> None:
     leases = StreamLeases(table)
     lease = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
-    handed = leases.hand_over(lease, "continuation:1", NOW + LISTING)
+    [handed] = leases.write_all([(lease, "continuation:1", NOW + LISTING)])
     assert handed is not None
     assert handed.holder == "continuation:1"
     # The schedule's next message for the tenant: the stream is the continuation's, no second chain.

@@ -269,7 +269,7 @@ def test_a_lease_acquisition_whose_answer_was_lost_still_takes_the_streams(
 def test_a_write_under_an_etag_of_the_holder_s_own_earlier_write_is_not_taken_for_landed(table: TableClient) -> None:
     leases = StreamLeases(table)
     first = leased(leases.acquire(TID, "Audit.Exchange", "list:a", NOW, LISTING))
-    leased(leases.renew(first, NOW + 2 * LISTING))
+    leased(leases.write_all([(first, "list:a", NOW + 2 * LISTING)])[0])
     # The same holder, a stale ETag, another instant: not this write's row, so the lease is not the caller's.
     assert leases.write_all([(first, "list:a", NOW + 3 * LISTING)]) == [None]
     assert table.get_entity(TID, "lease:Audit.Exchange")["Until"] == NOW + 2 * LISTING
